@@ -1,0 +1,7 @@
+"""openmm-cg: machine-learned coarse-grained potentials for OpenMM.
+
+Importing this package imports torch before OpenMM, which openmm-torch's plugin needs.
+"""
+__version__ = "0.1.0"
+
+from . import _runtime  # noqa: E402,F401  (import-order fix for the TorchForce plugin)

@@ -1,0 +1,41 @@
+"""Learning curves from Lightning's CSV log."""
+import csv
+from pathlib import Path
+
+import numpy as np
+
+
+def read_epoch_metrics(metrics_csv) -> dict:
+    """{metric: (epochs, values)} for every per-epoch metric in a Lightning CSVLogger file."""
+    with open(metrics_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    series = {}
+    for row in rows:
+        for key, value in row.items():
+            if key in ("epoch", "step") or value in ("", None):
+                continue
+            series.setdefault(key, ([], []))
+            series[key][0].append(int(row["epoch"]))
+            series[key][1].append(float(value))
+    return {key: (np.array(e), np.array(v)) for key, (e, v) in series.items()}
+
+
+def plot_training_curves(metrics_csv, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = read_epoch_metrics(metrics_csv)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for key, label in (("train_mse", "training"), ("val_mse", "validation")):
+        if key in series:
+            epochs, values = series[key]
+            ax.plot(epochs, np.sqrt(values), marker="o", label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("delta-force RMSE (kJ/mol/nm)")
+    ax.set_title("force matching")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(Path(path), dpi=120)
+    plt.close(fig)

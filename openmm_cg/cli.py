@@ -1,0 +1,231 @@
+"""The ``openmm-cg`` command: one sub-command per pipeline stage, plus ``demo``."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import InputError, ModelFileError, OutputExistsError, SimulationBlowUpError
+
+
+def _reference(args):
+    from .data.reference import ReferenceConfig, generate_reference
+
+    config = ReferenceConfig(
+        testsystem=None if (args.pdb or args.prmtop) else args.testsystem, pdb=args.pdb, prmtop=args.prmtop,
+        forcefield=args.forcefield, temperature_K=args.temperature, timestep_ps=args.timestep,
+        friction_per_ps=args.friction, constraints=args.constraints, save_interval_steps=args.save_interval_steps,
+        frames_per_seed=args.frames_per_seed, equilibration_steps=args.equilibration_steps, seeds=args.seeds,
+        platform=args.platform, threads_per_seed=args.threads_per_seed,
+    )
+    out = Path(args.out)
+    if out.exists() and any(p for p in out.iterdir() if not p.name.startswith("seed_") and p.name != "reference_config.json"):
+        raise OutputExistsError(f"{out} holds files that are not reference data; choose another folder")
+    if args.overwrite and out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    paths = generate_reference(config, out, n_workers=args.workers)
+    print(json.dumps({"reference_files": [str(p) for p in paths]}, indent=2))
+
+
+def _map(args):
+    from .data.datasets import build_cg_dataset, load_references
+    from .data.reference import ReferenceConfig, build_system
+    from .mapping.cgmap import mapping_from_spec
+
+    references = load_references(directory=args.reference)
+    mapping = mapping_from_spec(references[0].topology, args.mapping)
+    system = None
+    config_path = Path(args.reference) / "reference_config.json"
+    if config_path.exists():
+        system = build_system(ReferenceConfig(**json.loads(config_path.read_text())))[0]
+    dataset = build_cg_dataset(references, mapping, system=system)
+    path = dataset.save(args.out, overwrite=args.overwrite)
+    print(json.dumps({"dataset": str(path), "frames": dataset.n_frames, "beads": mapping.n_beads,
+                      "bead_names": mapping.bead_names, "trajectories": dataset.trajectory_names}, indent=2))
+
+
+def _train(args):
+    from .training.config import load_config
+    from .training.train import train
+
+    config = load_config(args.config)
+    if args.output:
+        config.output = args.output
+    if args.max_epochs is not None:
+        config.training.max_epochs = args.max_epochs
+    summary = train(config, resume=args.resume, overwrite=args.overwrite)
+    print(json.dumps(summary, indent=2))
+
+
+def _export(args):
+    from .training.train import export_run
+
+    path = export_run(args.run, args.out, dtype=args.dtype, checkpoint=args.checkpoint, overwrite=args.overwrite)
+    print(json.dumps({"model": str(path)}, indent=2))
+
+
+def _simulate(args):
+    import numpy as np
+
+    from .data.datasets import CGDataset
+    from .simulation.potential import CGPotential
+    from .simulation.run import SimulationConfig, run_simulation
+
+    potential = CGPotential.load(args.model)
+    positions = initial_positions(potential, args.init, args.replicas, args.seed)
+    config = SimulationConfig(
+        n_steps=args.steps, timestep_ps=args.timestep, temperature_K=args.temperature, friction_per_ps=args.friction,
+        report_interval=args.report_interval, checkpoint_interval=args.checkpoint_interval,
+        trajectory_format=args.format, platform=args.platform, threads=args.threads, seed=args.seed,
+        backend=args.backend, priors_as_openmm_forces=args.native_priors,
+    )
+    result = run_simulation(potential, positions, config, args.out, overwrite=args.overwrite)
+    print(json.dumps(result, indent=2))
+
+
+def initial_positions(potential, init, n_replicas: int, seed: int):
+    """(R*N, 3) starting positions: R frames drawn (seeded) from a CG dataset, or a PDB replicated."""
+    import numpy as np
+
+    from .data.datasets import CGDataset
+
+    path = Path(init)
+    if path.suffix in (".h5", ".hdf5"):
+        dataset = CGDataset.load(path)
+        if dataset.mapping.n_beads != potential.n_beads:
+            raise ModelFileError(f"{path} has {dataset.mapping.n_beads} beads per frame; the model has {potential.n_beads}")
+        frames = np.random.default_rng(seed).choice(dataset.n_frames, size=n_replicas, replace=n_replicas > dataset.n_frames)
+        return dataset.positions_nm[frames].reshape(-1, 3).astype(np.float64)
+    from openmm import app, unit
+
+    pdb = app.PDBFile(str(path))
+    xyz = np.array(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    if len(xyz) == potential.n_beads:
+        return np.tile(xyz, (n_replicas, 1))
+    potential.n_replicas_of(pdb.topology)
+    return xyz
+
+
+def _analyze(args):
+    from .analysis.report import analyze_ramachandran
+
+    metrics = analyze_ramachandran(args.reference, args.cg, args.out, bins=args.bins, overwrite=args.overwrite)
+    print(json.dumps(metrics, indent=2))
+
+
+def _info(args):
+    from .export import read_metadata
+
+    metadata = read_metadata(args.model)
+    if not args.full:
+        metadata = {k: v for k, v in metadata.items() if k not in ("mapping", "cg_topology", "priors", "training")}
+    print(json.dumps(metadata, indent=2))
+
+
+def _demo(args):
+    from .demo import run_demo
+
+    report = run_demo(args.out, overwrite=args.overwrite)
+    print(json.dumps(report, indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="openmm-cg", description="Machine-learned coarse-grained potentials for OpenMM")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="the whole pipeline on alanine dipeptide with small budgets (~15 min on 2 cores)")
+    p.add_argument("--out", default="demo_report")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("reference", help="all-atom Langevin MD with forces saved (resumable: re-run to continue)")
+    p.add_argument("--testsystem", default="AlanineDipeptideImplicit", help="an openmmtools.testsystems name")
+    p.add_argument("--pdb", help="a PDB file (with --forcefield, or starting coordinates for --prmtop)")
+    p.add_argument("--prmtop", help="an Amber prmtop (implicit solvent OBC2)")
+    p.add_argument("--forcefield", nargs="+", default=["amber14-all.xml", "implicit/obc2.xml"])
+    p.add_argument("--temperature", type=float, default=300.0, help="K")
+    p.add_argument("--timestep", type=float, default=0.002, help="ps")
+    p.add_argument("--friction", type=float, default=1.0, help="1/ps")
+    p.add_argument("--constraints", default="HBonds", help="HBonds (default) or none")
+    p.add_argument("--save-interval-steps", type=int, default=50)
+    p.add_argument("--frames-per-seed", type=int, default=10000)
+    p.add_argument("--equilibration-steps", type=int, default=5000)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--platform", default="CPU")
+    p.add_argument("--threads-per-seed", type=int, default=1)
+    p.add_argument("--workers", type=int, default=None, help="parallel seeds (default: one per core)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="delete existing reference data first")
+    p.set_defaults(func=_reference)
+
+    p = sub.add_parser("map", help="map reference trajectories to a CG dataset (HDF5)")
+    p.add_argument("--reference", required=True, help="folder written by 'openmm-cg reference'")
+    p.add_argument("--mapping", default="alanine_dipeptide", help="a preset name or a mapping YAML file")
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_map)
+
+    p = sub.add_parser("train", help="fit priors and train the network by force matching")
+    p.add_argument("config", help="training YAML")
+    p.add_argument("--output", help="override the config's output folder")
+    p.add_argument("--max-epochs", type=int)
+    p.add_argument("--resume", action="store_true", help="continue a run from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="export a training run as one TorchScript .pt")
+    p.add_argument("run", help="training output folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("simulate", help="Langevin dynamics of an exported model in OpenMM")
+    p.add_argument("model", help="a .pt file or a shipped model name")
+    p.add_argument("--init", required=True, help="a CG dataset .h5 (random frames) or a PDB of the CG beads")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--timestep", type=float, default=0.002, help="ps")
+    p.add_argument("--temperature", type=float, default=None, help="K (default: the model's)")
+    p.add_argument("--friction", type=float, default=1.0, help="1/ps")
+    p.add_argument("--report-interval", type=int, default=100)
+    p.add_argument("--checkpoint-interval", type=int, default=10000)
+    p.add_argument("--format", default="dcd", choices=["dcd", "h5"])
+    p.add_argument("--platform", default=None, help="CUDA/CPU/Reference (default: the fastest present)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backend", default="torchforce", choices=["torchforce", "pythonforce"])
+    p.add_argument("--native-priors", action="store_true", help="priors as native OpenMM forces")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("analyze", help="Ramachandran free-energy surfaces and divergences, CG vs all-atom")
+    p.add_argument("--reference", required=True, help="the CG dataset (.h5) of the mapped reference")
+    p.add_argument("--cg", required=True, nargs="+", help="simulation folder(s) written by 'openmm-cg simulate'")
+    p.add_argument("--bins", type=int, default=60)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_analyze)
+
+    p = sub.add_parser("info", help="print an exported model's metadata")
+    p.add_argument("model")
+    p.add_argument("--full", action="store_true")
+    p.set_defaults(func=_info)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, ModelFileError, OutputExistsError, SimulationBlowUpError) as error:
+        print(f"openmm-cg {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

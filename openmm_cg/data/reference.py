@@ -1,0 +1,285 @@
+"""All-atom reference MD with forces saved for force matching.
+
+Each seed is one HDF5 file, written in chunks. After every chunk the file holds the frames, an
+OpenMM checkpoint of the Context and the count of finished frames, so an interrupted run that is
+started again continues where it stopped and never rewrites finished frames.
+
+Constraints and force matching: OpenMM reports the potential forces only, not constraint forces.
+With ``constraints="HBonds"`` (the default, 2 fs steps) the CG force map adds the forces of every
+constrained hydrogen to its heavy atom's bead, so the equal-and-opposite constraint forces along
+each X-H bond cancel inside the bead and the mapped potential force is the mapped total force.
+``openmm_cg.mapping.CGMapping.check_constraints`` refuses a mapping for which this does not hold.
+With ``constraints="none"`` there is nothing to cancel, at the price of a 1 fs step.
+"""
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from .._runtime import openmm
+from openmm import app, unit
+
+from ..errors import InputError
+from ..topology import topology_to_json
+from .. import __version__
+
+H5_METADATA_KEY = "openmm_cg_metadata"
+_CONSTRAINTS = {"none": None, "hbonds": app.HBonds, "allbonds": app.AllBonds, "hangles": app.HAngles}
+
+
+@dataclass
+class ReferenceConfig:
+    """How to run the all-atom reference. Give either ``testsystem`` or ``pdb`` (+ force field)."""
+
+    testsystem: Optional[str] = "AlanineDipeptideImplicit"
+    pdb: Optional[str] = None
+    forcefield: List[str] = field(default_factory=lambda: ["amber14-all.xml", "implicit/obc2.xml"])
+    prmtop: Optional[str] = None
+    temperature_K: float = 300.0
+    timestep_ps: float = 0.002
+    friction_per_ps: float = 1.0
+    constraints: str = "HBonds"
+    save_interval_steps: int = 50
+    frames_per_seed: int = 10000
+    equilibration_steps: int = 5000
+    seeds: List[int] = field(default_factory=lambda: [0, 1])
+    platform: str = "CPU"
+    threads_per_seed: int = 1
+    chunk_frames: int = 500
+
+    def validate(self) -> None:
+        if (self.testsystem is None) == (self.pdb is None and self.prmtop is None):
+            raise InputError("give exactly one source: a testsystem name, or a PDB (+ force field) / prmtop")
+        if self.constraints.lower() not in _CONSTRAINTS:
+            raise InputError(f"constraints must be one of {sorted(_CONSTRAINTS)}, got {self.constraints!r}")
+        if self.constraints.lower() == "none" and self.timestep_ps > 0.0015:
+            raise InputError(
+                f"timestep {self.timestep_ps} ps without constraints is unstable for bonds to hydrogen; "
+                "use at most 0.001 ps or constraints='HBonds'"
+            )
+        if self.temperature_K <= 0 or self.timestep_ps <= 0 or self.save_interval_steps < 1:
+            raise InputError("temperature, timestep and save interval must be positive")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise InputError(f"seeds must be distinct, got {self.seeds}")
+
+    @property
+    def save_interval_ps(self) -> float:
+        return self.save_interval_steps * self.timestep_ps
+
+    def source_description(self) -> str:
+        if self.testsystem:
+            return f"openmmtools.testsystems.{self.testsystem}"
+        if self.prmtop:
+            return f"prmtop:{self.prmtop}"
+        return f"pdb:{self.pdb} forcefield:{','.join(self.forcefield)}"
+
+
+def build_system(config: ReferenceConfig):
+    """(System, Topology, positions in nm as ndarray) for the configured source."""
+    constraints = _CONSTRAINTS[config.constraints.lower()]
+    if config.testsystem:
+        from openmmtools import testsystems  # imported lazily: it prints banners at import
+
+        try:
+            factory = getattr(testsystems, config.testsystem)
+        except AttributeError:
+            raise InputError(f"openmmtools.testsystems has no system named {config.testsystem!r}") from None
+        test_system = factory(constraints=constraints)
+        system, topology, positions = test_system.system, test_system.topology, test_system.positions
+    elif config.prmtop:
+        prmtop = app.AmberPrmtopFile(config.prmtop)
+        pdb = app.PDBFile(config.pdb) if config.pdb else None
+        if pdb is None:
+            raise InputError("a prmtop source also needs --pdb for the starting coordinates")
+        system = prmtop.createSystem(nonbondedMethod=app.NoCutoff, constraints=constraints, implicitSolvent=app.OBC2)
+        topology, positions = prmtop.topology, pdb.positions
+    else:
+        pdb = app.PDBFile(config.pdb)
+        forcefield = app.ForceField(*config.forcefield)
+        system = forcefield.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=constraints)
+        topology, positions = pdb.topology, pdb.positions
+    positions_nm = np.array(positions.value_in_unit(unit.nanometer), dtype=np.float64)
+    if system.getNumParticles() != topology.getNumAtoms() or len(positions_nm) != topology.getNumAtoms():
+        raise InputError(
+            f"the source's system ({system.getNumParticles()} particles), topology "
+            f"({topology.getNumAtoms()} atoms) and coordinates ({len(positions_nm)}) disagree"
+        )
+    return system, topology, positions_nm
+
+
+def _metadata(config: ReferenceConfig, seed: int, system, topology) -> dict:
+    return {
+        "kind": "all_atom_reference",
+        "source": config.source_description(),
+        "forcefield": config.forcefield if not config.testsystem else config.testsystem,
+        "temperature_K": config.temperature_K,
+        "timestep_ps": config.timestep_ps,
+        "friction_per_ps": config.friction_per_ps,
+        "constraints": config.constraints,
+        "n_constraints": system.getNumConstraints(),
+        "save_interval_steps": config.save_interval_steps,
+        "save_interval_ps": config.save_interval_ps,
+        "equilibration_steps": config.equilibration_steps,
+        "frames_target": config.frames_per_seed,
+        "seed": seed,
+        "integrator": "LangevinMiddleIntegrator",
+        "units": {"positions": "nm", "forces": "kJ/mol/nm", "energy": "kJ/mol", "time": "ps"},
+        "openmm_cg_version": __version__,
+        "openmm_version": openmm.__version__,
+        "n_atoms": topology.getNumAtoms(),
+    }
+
+
+# Keys that must agree between an existing file and the config that resumes it.
+_RESUME_KEYS = ("source", "temperature_K", "timestep_ps", "friction_per_ps", "constraints",
+                "save_interval_steps", "seed", "n_atoms")
+
+
+def seed_path(out_dir, seed: int) -> Path:
+    return Path(out_dir) / f"seed_{seed:04d}.h5"
+
+
+def run_seed(config: ReferenceConfig, out_dir, seed: int, progress_position: int = 0) -> Path:
+    """Generate (or continue) the trajectory of one seed; returns its HDF5 path."""
+    import h5py
+    from tqdm.auto import tqdm
+
+    config.validate()
+    system, topology, positions_nm = build_system(config)
+    path = seed_path(out_dir, seed)
+    metadata = _metadata(config, seed, system, topology)
+    n_atoms = topology.getNumAtoms()
+
+    integrator = openmm.LangevinMiddleIntegrator(
+        config.temperature_K * unit.kelvin, config.friction_per_ps / unit.picosecond, config.timestep_ps * unit.picosecond
+    )
+    # OpenMM treats seed 0 as "pick one at random": offset so that every seed is reproducible.
+    integrator.setRandomNumberSeed(seed + 1)
+    platform = openmm.Platform.getPlatformByName(config.platform)
+    properties = {"Threads": str(config.threads_per_seed)} if config.platform == "CPU" else {}
+    context = openmm.Context(system, integrator, platform, properties)
+
+    with h5py.File(path, "a") as h5:
+        if H5_METADATA_KEY in h5.attrs:
+            existing = json.loads(h5.attrs[H5_METADATA_KEY])
+            mismatched = [k for k in _RESUME_KEYS if existing.get(k) != metadata[k]]
+            if mismatched:
+                raise InputError(
+                    f"{path} was written with different settings ({', '.join(mismatched)}); it is left "
+                    "untouched: use another output folder or delete the file"
+                )
+            metadata["frames_target"] = max(config.frames_per_seed, existing.get("frames_target", 0))
+            n_done = int(h5.attrs["n_frames_done"])
+            _truncate(h5, n_done)
+            _restore(context, h5, config.platform)
+        else:
+            h5.attrs["topology_json"] = topology_to_json(topology)
+            h5.attrs["n_frames_done"] = 0
+            for name, shape in (("positions", (n_atoms, 3)), ("forces", (n_atoms, 3))):
+                h5.create_dataset(name, shape=(0,) + shape, maxshape=(None,) + shape, dtype="f4",
+                                  chunks=(min(config.chunk_frames, 1000),) + shape)
+            for name in ("time_ps", "potential_energy_kJ_per_mol"):
+                h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8")
+            n_done = 0
+            context.setPositions(positions_nm)
+            openmm.LocalEnergyMinimizer.minimize(context)
+            context.setVelocitiesToTemperature(config.temperature_K * unit.kelvin, seed + 1)
+            integrator.step(config.equilibration_steps)
+            context.setTime(0.0)
+        h5.attrs[H5_METADATA_KEY] = json.dumps(metadata)
+        h5.attrs["masses_amu"] = np.array(
+            [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n_atoms)])
+
+        target = config.frames_per_seed
+        with tqdm(total=target, initial=min(n_done, target), desc=f"reference seed {seed}",
+                  unit="frame", position=progress_position, leave=True) as bar:
+            while n_done < target:
+                n_chunk = min(config.chunk_frames, target - n_done)
+                chunk = _sample_chunk(context, integrator, config.save_interval_steps, n_chunk, n_atoms)
+                _append(h5, chunk)
+                # The checkpoint and the frame count are written after the frames: a crash in
+                # between leaves extra frames that the next resume truncates.
+                _save_checkpoint(context, h5, config.platform)
+                n_done += n_chunk
+                h5.attrs["n_frames_done"] = n_done
+                h5.flush()
+                bar.update(n_chunk)
+    return path
+
+
+def _sample_chunk(context, integrator, stride: int, n_frames: int, n_atoms: int) -> dict:
+    positions = np.empty((n_frames, n_atoms, 3), dtype=np.float32)
+    forces = np.empty((n_frames, n_atoms, 3), dtype=np.float32)
+    time_ps = np.empty(n_frames)
+    energy = np.empty(n_frames)
+    for k in range(n_frames):
+        integrator.step(stride)
+        state = context.getState(getPositions=True, getForces=True, getEnergy=True)
+        positions[k] = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        forces[k] = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+        time_ps[k] = state.getTime().value_in_unit(unit.picosecond)
+        energy[k] = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    if not (np.isfinite(forces).all() and np.isfinite(positions).all()):
+        raise RuntimeError("the reference simulation produced NaN/Inf; the frames before this chunk are kept")
+    return {"positions": positions, "forces": forces, "time_ps": time_ps, "potential_energy_kJ_per_mol": energy}
+
+
+def _append(h5, chunk: dict) -> None:
+    for name, values in chunk.items():
+        dataset = h5[name]
+        start = dataset.shape[0]
+        dataset.resize(start + len(values), axis=0)
+        dataset[start:] = values
+
+
+def _truncate(h5, n_frames: int) -> None:
+    for name in ("positions", "forces", "time_ps", "potential_energy_kJ_per_mol"):
+        if h5[name].shape[0] > n_frames:
+            h5[name].resize(n_frames, axis=0)
+
+
+def _save_checkpoint(context, h5, platform_name: str) -> None:
+    for name in ("checkpoint", "state_xml"):
+        if name in h5:
+            del h5[name]
+    h5.create_dataset("checkpoint", data=np.frombuffer(context.createCheckpoint(), dtype=np.uint8))
+    h5["checkpoint"].attrs["platform"] = platform_name
+    state = context.getState(getPositions=True, getVelocities=True, getParameters=True)
+    h5.create_dataset("state_xml", data=openmm.XmlSerializer.serialize(state))
+
+
+def _restore(context, h5, platform_name: str) -> None:
+    if h5["checkpoint"].attrs.get("platform") == platform_name:
+        context.loadCheckpoint(h5["checkpoint"][()].tobytes())
+    else:
+        # Checkpoints are platform specific; the state XML is not (the random stream restarts).
+        state_xml = h5["state_xml"][()]
+        context.setState(openmm.XmlSerializer.deserialize(state_xml.decode() if isinstance(state_xml, bytes) else state_xml))
+
+
+def generate_reference(config: ReferenceConfig, out_dir, n_workers: Optional[int] = None) -> List[Path]:
+    """Run every seed of ``config`` (in parallel worker processes); resumable.
+
+    Re-running with the same settings continues unfinished seeds and leaves finished ones alone;
+    raising ``frames_per_seed`` extends every seed.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+    import multiprocessing
+
+    config.validate()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_path = out_dir / "reference_config.json"
+    config_path.write_text(json.dumps(asdict(config), indent=2) + "\n")
+    n_workers = n_workers or min(len(config.seeds), os.cpu_count() or 1)
+    if n_workers <= 1:
+        return [run_seed(config, out_dir, seed) for seed in config.seeds]
+    # fork, not spawn: spawn re-imports the caller's script, which breaks scripts without a
+    # __main__ guard; the workers only run OpenMM, so forking after torch was imported is safe.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
+        futures = [pool.submit(run_seed, config, out_dir, seed, i) for i, seed in enumerate(config.seeds)]
+        return [future.result() for future in futures]

@@ -1,0 +1,134 @@
+"""TorchScript export of a whole CG potential, with its metadata inside the file.
+
+One ``.pt`` holds priors + network (``openmmtorch.TorchForce(path)`` alone reproduces the energy); its
+metadata JSON is stored in the archive (``_extra_files``) and readable without building a System.
+Beside it, ``<name>.json`` (the same metadata) and ``<name>.state.pt`` (the weights) let the eager
+model be rebuilt for the PythonForce backend or torch.compile.
+"""
+import copy
+import datetime
+import json
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+
+from . import __version__
+from .errors import ModelFileError
+from .nn.potential import CGPotentialModule
+from .nn.schnet import SchNetConfig
+from .outputs import check_output_file, write_json
+from .priors.terms import PRIOR_FORMS, PriorParameters
+
+METADATA_FILE = "openmm_cg_metadata.json"
+FORMAT_VERSION = 1
+UNITS = {"positions": "nm", "energy": "kJ/mol", "forces": "kJ/mol/nm", "time": "ps", "mass": "amu",
+         "temperature": "K"}
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def model_metadata(module: CGPotentialModule, mapping_dict: dict, prior_params: PriorParameters,
+                   schnet_config: Optional[SchNetConfig], temperatures_K, data_hash: str, extra: Optional[dict] = None) -> dict:
+    import openmm
+
+    metadata = {
+        "format_version": FORMAT_VERSION,
+        "kind": "openmm-cg potential",
+        "architecture": "cgschnet" if schnet_config is not None else "prior-only",
+        "units": UNITS,
+        "periodic": False,
+        "n_beads": module.n_beads,
+        "bead_names": mapping_dict["bead_names"],
+        "bead_types": mapping_dict["bead_types"],
+        "type_names": mapping_dict["type_names"],
+        "n_types": int(module.network.embedding.num_embeddings) if module.has_network else len(mapping_dict["type_names"]),
+        "masses_amu": mapping_dict["masses_amu"],
+        "cg_topology": mapping_dict["cg_topology"],
+        "mapping": mapping_dict,
+        "cutoff_nm": schnet_config.cutoff_nm if schnet_config is not None else None,
+        "network_config": copy.deepcopy(schnet_config.__dict__) if schnet_config is not None else None,
+        "energy_scale_kJ_per_mol": float(module.network.energy_scale) if module.has_network else 1.0,
+        "temperatures_K": [float(t) for t in temperatures_K],
+        "priors": prior_params.to_dict(),
+        "prior_forms": PRIOR_FORMS,
+        "training_data_sha256": data_hash,
+        "openmm_cg_version": __version__,
+        "torch_version": torch.__version__,
+        "openmm_version": openmm.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if extra:
+        metadata.update(extra)
+    return metadata
+
+
+def build_module(metadata: dict) -> CGPotentialModule:
+    """An untrained module with the architecture that ``metadata`` describes (load weights into it)."""
+    config = SchNetConfig(**metadata["network_config"]) if metadata.get("network_config") else None
+    return CGPotentialModule(metadata["bead_types"], PriorParameters.from_dict(metadata["priors"]), config,
+                             n_types=metadata["n_types"], energy_scale_kJ_per_mol=metadata["energy_scale_kJ_per_mol"])
+
+
+def export_model(module: CGPotentialModule, metadata: dict, path, dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Write ``path`` (TorchScript), ``<stem>.json`` and ``<stem>.state.pt``."""
+    path = check_output_file(path, overwrite)
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
+    metadata = dict(metadata, dtype=dtype)
+    exported = copy.deepcopy(module).to(_DTYPES[dtype]).eval()
+    for parameter in exported.parameters():
+        parameter.requires_grad_(False)
+    scripted = torch.jit.script(exported)
+    text = json.dumps(metadata)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: text})
+    tmp.replace(path)
+    write_json(sidecar_paths(path)[0], metadata)
+    torch.save(exported.state_dict(), sidecar_paths(path)[1])
+    return path
+
+
+def sidecar_paths(path) -> Tuple[Path, Path]:
+    path = Path(path)
+    return path.with_suffix(".json"), path.with_name(path.stem + ".state.pt")
+
+
+def read_metadata(path) -> dict:
+    """The metadata stored inside an exported model, without building anything from it."""
+    return load_exported(path)[1]
+
+
+def load_exported(path, map_location: str = "cpu"):
+    """(scripted module, metadata); a clear ModelFileError for anything that is not an openmm-cg model."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    extra = {METADATA_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    except Exception as error:  # torch raises RuntimeError / ValueError / zipfile errors for bad archives
+        raise ModelFileError(f"{path} is not a loadable TorchScript file (corrupted, truncated, or a pickled "
+                             f"state dict rather than an exported model): {str(error).splitlines()[0]}") from None
+    if not extra[METADATA_FILE]:
+        raise ModelFileError(f"{path} is a TorchScript file but not an openmm-cg model (no {METADATA_FILE} inside)")
+    try:
+        metadata = json.loads(extra[METADATA_FILE])
+    except json.JSONDecodeError as error:
+        raise ModelFileError(f"{path}: its metadata is not valid JSON ({error})") from None
+    if metadata.get("kind") != "openmm-cg potential":
+        raise ModelFileError(f"{path}: metadata kind is {metadata.get('kind')!r}, not an openmm-cg potential")
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(f"{path} uses model format {metadata['format_version']}; this openmm-cg "
+                             f"({__version__}) reads up to {FORMAT_VERSION}: upgrade openmm-cg")
+    return module, metadata
+
+
+def load_eager(path) -> Tuple[CGPotentialModule, dict]:
+    """The eager (un-scripted) module rebuilt from ``<stem>.json`` + ``<stem>.state.pt``."""
+    _, metadata = load_exported(path)
+    state_path = sidecar_paths(path)[1]
+    if not state_path.is_file():
+        raise ModelFileError(f"{state_path} (the weights beside {path}) is missing; the eager model cannot be rebuilt")
+    module = build_module(metadata)
+    module.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+    return module.to(_DTYPES[metadata.get("dtype", "float32")]).eval(), metadata

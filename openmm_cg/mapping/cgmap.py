@@ -1,0 +1,337 @@
+"""Linear atom -> bead maps and the matching force maps.
+
+A CG map is a pair of matrices over atoms: ``position_weights`` (beads x atoms, rows sum to 1: slice,
+centre of mass or centre of geometry) and ``force_weights`` (beads x atoms, 0/1: which atoms' forces
+are summed into each bead). For thermodynamic consistency of force matching the two must satisfy
+``force_weights @ position_weights.T = identity``, and every atom that contributes to a bead's
+position contributes its force to that bead only (Noid et al., JCP 128, 244114 (2008)). Hydrogens
+that belong to no bead's position are added to the force group of the bead holding the heavy atom
+they are bonded to: this is allowed by the condition above, lowers the noise of the mapped forces,
+and makes the (unreported) constraint forces of X-H bond constraints cancel inside each bead.
+"""
+from collections import deque
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from .._runtime import openmm
+from openmm import app
+
+from ..errors import InputError
+from ..topology import topology_from_dict, topology_to_dict
+from ..units import ALL_ATOM_BOND_RANGE_NM, check_bond_lengths_nm
+
+METHODS = ("slice", "com", "cog")
+
+
+@dataclass
+class CGMapping:
+    bead_names: List[str]
+    bead_types: List[int]
+    type_names: List[str]
+    position_weights: np.ndarray  # (n_beads, n_atoms)
+    force_weights: np.ndarray  # (n_beads, n_atoms)
+    masses_amu: np.ndarray  # (n_beads,)
+    cg_bonds: np.ndarray  # (n_bonds, 2) bead indices
+    cg_topology_dict: dict = field(repr=False)
+    method: str = "slice"
+    n_atoms: int = 0
+
+    @property
+    def n_beads(self) -> int:
+        return len(self.bead_names)
+
+    @property
+    def cg_topology(self) -> app.Topology:
+        return topology_from_dict(self.cg_topology_dict)
+
+    def position_groups(self) -> List[List[int]]:
+        return [np.flatnonzero(row).tolist() for row in self.position_weights]
+
+    def force_groups(self) -> List[List[int]]:
+        return [np.flatnonzero(row).tolist() for row in self.force_weights]
+
+    def map_positions(self, positions_nm: np.ndarray) -> np.ndarray:
+        """(frames, atoms, 3) or (atoms, 3) in nm -> beads, same leading shape."""
+        positions_nm = self._check_atoms(positions_nm, "positions")
+        return np.einsum("ba,...ax->...bx", self.position_weights, positions_nm).astype(positions_nm.dtype)
+
+    def map_forces(self, forces: np.ndarray) -> np.ndarray:
+        forces = self._check_atoms(forces, "forces")
+        return np.einsum("ba,...ax->...bx", self.force_weights, forces).astype(forces.dtype)
+
+    def _check_atoms(self, array: np.ndarray, what: str) -> np.ndarray:
+        array = np.asarray(array)
+        if array.ndim not in (2, 3) or array.shape[-1] != 3 or array.shape[-2] != self.n_atoms:
+            raise InputError(
+                f"{what} have shape {array.shape}; this mapping expects (frames, {self.n_atoms}, 3) or ({self.n_atoms}, 3)"
+            )
+        return array
+
+    def check_constraints(self, system: openmm.System) -> None:
+        """Refuse if constraint forces would not cancel in the mapped forces.
+
+        OpenMM's reported forces omit constraint forces. Summing them per bead is only right if both
+        atoms of every constraint give their force to the same bead (or both to none).
+        """
+        if system.getNumParticles() != self.n_atoms:
+            raise InputError(f"system has {system.getNumParticles()} particles, mapping expects {self.n_atoms}")
+        bead_of_atom = np.full(self.n_atoms, -1)
+        for bead, group in enumerate(self.force_groups()):
+            bead_of_atom[group] = bead
+        for k in range(system.getNumConstraints()):
+            i, j, _ = system.getConstraintParameters(k)
+            if bead_of_atom[i] != bead_of_atom[j]:
+                raise InputError(
+                    f"constraint {k} between atoms {i} and {j} crosses beads ({bead_of_atom[i]} vs {bead_of_atom[j]}, "
+                    "-1 = no bead): its constraint force would not cancel in the mapped forces. Aggregate the "
+                    "constrained atoms into one bead, or generate the reference without constraints."
+                )
+
+    def check_force_map(self, tolerance: float = 1e-10) -> None:
+        product = self.force_weights @ self.position_weights.T
+        if not np.allclose(product, np.eye(self.n_beads), atol=tolerance):
+            raise InputError("force map is inconsistent with the position map (force_weights @ position_weights.T != I)")
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "n_atoms": self.n_atoms,
+            "bead_names": list(self.bead_names),
+            "bead_types": [int(t) for t in self.bead_types],
+            "type_names": list(self.type_names),
+            "position_groups": self.position_groups(),
+            "position_weights": [self.position_weights[b, g].tolist() for b, g in enumerate(self.position_groups())],
+            "force_groups": self.force_groups(),
+            "masses_amu": self.masses_amu.tolist(),
+            "cg_bonds": self.cg_bonds.tolist(),
+            "cg_topology": self.cg_topology_dict,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CGMapping":
+        n_beads, n_atoms = len(data["bead_names"]), data["n_atoms"]
+        position_weights = np.zeros((n_beads, n_atoms))
+        force_weights = np.zeros((n_beads, n_atoms))
+        for bead, (group, weights) in enumerate(zip(data["position_groups"], data["position_weights"])):
+            position_weights[bead, group] = weights
+        for bead, group in enumerate(data["force_groups"]):
+            force_weights[bead, group] = 1.0
+        return cls(
+            bead_names=list(data["bead_names"]), bead_types=list(data["bead_types"]), type_names=list(data["type_names"]),
+            position_weights=position_weights, force_weights=force_weights,
+            masses_amu=np.asarray(data["masses_amu"], dtype=np.float64),
+            cg_bonds=np.asarray(data["cg_bonds"], dtype=np.int64).reshape(-1, 2),
+            cg_topology_dict=data["cg_topology"], method=data["method"], n_atoms=n_atoms,
+        )
+
+
+def _as_mdtraj(topology):
+    import mdtraj
+
+    if isinstance(topology, mdtraj.Topology):
+        return topology
+    return mdtraj.Topology.from_openmm(topology)
+
+
+def _select(md_topology, selection) -> List[int]:
+    if isinstance(selection, str):
+        try:
+            atoms = md_topology.select(selection).tolist()
+        except Exception as error:  # mdtraj raises several types for bad selection strings
+            raise InputError(f"cannot parse selection {selection!r}: {error}") from None
+    else:
+        atoms = [int(a) for a in selection]
+        bad = [a for a in atoms if not 0 <= a < md_topology.n_atoms]
+        if bad:
+            raise InputError(f"atom indices {bad} are out of range for a topology of {md_topology.n_atoms} atoms")
+    if not atoms:
+        raise InputError(f"selection {selection!r} selects no atoms")
+    if len(set(atoms)) != len(atoms):
+        raise InputError(f"selection {selection!r} names an atom more than once")
+    return atoms
+
+
+def build_mapping(
+    topology,
+    selections: Sequence,
+    method: str = "slice",
+    bead_names: Optional[Sequence[str]] = None,
+    bead_types: Optional[Sequence[int]] = None,
+    masses_amu: Optional[Sequence[float]] = None,
+    aggregate_hydrogens: bool = True,
+) -> CGMapping:
+    """Build a CG map from one mdtraj selection string (or atom index list) per bead.
+
+    ``method``: "slice" (each selection picks exactly one atom), "com" (centre of mass) or "cog"
+    (centre of geometry). ``masses_amu`` defaults to the sum of the masses of each bead's force group
+    (for slices: the atom plus its aggregated hydrogens). ``bead_types`` defaults to one type per
+    distinct (residue name, bead name) pair.
+    """
+    if method not in METHODS:
+        raise InputError(f"mapping method must be one of {METHODS}, got {method!r}")
+    md_top = _as_mdtraj(topology)
+    n_atoms = md_top.n_atoms
+    groups = [_select(md_top, selection) for selection in selections]
+    if not groups:
+        raise InputError("a mapping needs at least one bead")
+    owner = np.full(n_atoms, -1)
+    for bead, group in enumerate(groups):
+        for atom in group:
+            if owner[atom] >= 0:
+                raise InputError(
+                    f"atom {atom} ({md_top.atom(atom)}) is selected by bead {owner[atom]} and bead {bead}: "
+                    "beads must not share atoms"
+                )
+            owner[atom] = bead
+        if method == "slice" and len(group) != 1:
+            raise InputError(f"a slice mapping needs exactly one atom per bead; selection {selections[bead]!r} has {len(group)}")
+
+    atom_masses = np.array([a.element.mass if a.element is not None else 0.0 for a in md_top.atoms])
+    position_weights = np.zeros((len(groups), n_atoms))
+    for bead, group in enumerate(groups):
+        if method == "com":
+            masses = atom_masses[group]
+            if masses.sum() <= 0:
+                raise InputError(f"bead {bead} has zero mass; use method='cog'")
+            position_weights[bead, group] = masses / masses.sum()
+        else:
+            position_weights[bead, group] = 1.0 / len(group)
+
+    force_owner = owner.copy()
+    if aggregate_hydrogens:
+        for bond in md_top.bonds:
+            a, b = bond[0], bond[1]
+            for heavy, hydrogen in ((a, b), (b, a)):
+                if hydrogen.element is not None and hydrogen.element.symbol == "H" and force_owner[hydrogen.index] < 0 \
+                        and owner[heavy.index] >= 0:
+                    force_owner[hydrogen.index] = owner[heavy.index]
+    force_weights = np.zeros_like(position_weights)
+    for atom, bead in enumerate(force_owner):
+        if bead >= 0:
+            force_weights[bead, atom] = 1.0
+
+    names = list(bead_names) if bead_names is not None else [md_top.atom(group[0]).name if method == "slice"
+                                                              else f"B{bead}" for bead, group in enumerate(groups)]
+    if len(names) != len(groups):
+        raise InputError(f"{len(names)} bead names for {len(groups)} beads")
+    residue_names = [md_top.atom(group[0]).residue.name for group in groups]
+    if bead_types is None:
+        keys = list(zip(residue_names, names))
+        distinct = list(dict.fromkeys(keys))
+        bead_types = [distinct.index(key) for key in keys]
+        type_names = [f"{res}:{name}" for res, name in distinct]
+    else:
+        bead_types = [int(t) for t in bead_types]
+        if len(bead_types) != len(groups) or min(bead_types) < 0:
+            raise InputError("bead_types needs one non-negative integer per bead")
+        type_names = [f"type{t}" for t in range(max(bead_types) + 1)]
+    if masses_amu is None:
+        masses = force_weights @ atom_masses
+    else:
+        masses = np.asarray(masses_amu, dtype=np.float64)
+        if masses.shape != (len(groups),) or (masses <= 0).any():
+            raise InputError("masses_amu needs one positive mass per bead")
+
+    cg_bonds = _cg_bonds(md_top, owner, len(groups))
+    cg_topology = _cg_topology(md_top, groups, names, cg_bonds, method)
+    mapping = CGMapping(
+        bead_names=names, bead_types=list(bead_types), type_names=type_names, position_weights=position_weights,
+        force_weights=force_weights, masses_amu=np.asarray(masses, dtype=np.float64), cg_bonds=cg_bonds,
+        cg_topology_dict=topology_to_dict(cg_topology), method=method, n_atoms=n_atoms,
+    )
+    mapping.check_force_map()
+    return mapping
+
+
+def _cg_bonds(md_top, owner: np.ndarray, n_beads: int) -> np.ndarray:
+    """Beads I, J are bonded when an all-atom bond path joins them through atoms of no bead."""
+    neighbors = [[] for _ in range(md_top.n_atoms)]
+    for bond in md_top.bonds:
+        neighbors[bond[0].index].append(bond[1].index)
+        neighbors[bond[1].index].append(bond[0].index)
+    bonds = set()
+    for bead in range(n_beads):
+        start = np.flatnonzero(owner == bead).tolist()
+        seen, queue = set(start), deque(start)
+        while queue:
+            atom = queue.popleft()
+            for nxt in neighbors[atom]:
+                if nxt in seen:
+                    continue
+                seen.add(nxt)
+                if owner[nxt] >= 0:
+                    if owner[nxt] != bead:
+                        bonds.add(tuple(sorted((bead, int(owner[nxt])))))
+                else:
+                    queue.append(nxt)
+    return np.array(sorted(bonds), dtype=np.int64).reshape(-1, 2)
+
+
+def _cg_topology(md_top, groups, names, cg_bonds, method) -> app.Topology:
+    topology = app.Topology()
+    chain_map, residue_map, atoms = {}, {}, []
+    for group, name in zip(groups, names):
+        first = md_top.atom(group[0])
+        residue = first.residue
+        if residue.chain.index not in chain_map:
+            chain_map[residue.chain.index] = topology.addChain()
+        if residue.index not in residue_map:
+            residue_map[residue.index] = topology.addResidue(residue.name, chain_map[residue.chain.index],
+                                                             str(residue.resSeq))
+        element = None
+        if method == "slice" and first.element is not None:
+            element = app.Element.getBySymbol(first.element.symbol)
+        atoms.append(topology.addAtom(name, element, residue_map[residue.index]))
+    for i, j in cg_bonds:
+        topology.addBond(atoms[i], atoms[j])
+    return topology
+
+
+def map_and_check(mapping: CGMapping, positions_nm: np.ndarray, forces: np.ndarray, aa_bonds: np.ndarray, what: str):
+    """Validate an all-atom trajectory (shapes, finiteness, nm) and map it to beads."""
+    positions_nm, forces = np.asarray(positions_nm), np.asarray(forces)
+    if positions_nm.shape != forces.shape:
+        raise InputError(f"{what}: positions {positions_nm.shape} and forces {forces.shape} have different shapes")
+    bad_frames = np.flatnonzero(~np.isfinite(forces).all(axis=(-1, -2)) | ~np.isfinite(positions_nm).all(axis=(-1, -2)))
+    if len(bad_frames):
+        raise InputError(f"{what}: NaN/Inf in frames {bad_frames[:10].tolist()}{' ...' if len(bad_frames) > 10 else ''}")
+    check_bond_lengths_nm(positions_nm, aa_bonds, ALL_ATOM_BOND_RANGE_NM, what)
+    return mapping.map_positions(positions_nm), mapping.map_forces(forces)
+
+
+ALANINE_DIPEPTIDE_BACKBONE_CB = [
+    "resname ACE and name C",
+    "resname ALA and name N",
+    "resname ALA and name CA",
+    "resname ALA and name CB",
+    "resname ALA and name C",
+    "resname NME and name N",
+]
+
+
+MAPPING_PRESETS = {
+    "alanine_dipeptide": {"method": "slice", "selections": ALANINE_DIPEPTIDE_BACKBONE_CB},
+}
+
+
+def mapping_from_spec(topology, spec) -> CGMapping:
+    """A mapping from a preset name, a YAML file path, or a dict {method, selections, names?, types?, masses?}."""
+    import yaml
+    from pathlib import Path
+
+    if isinstance(spec, str):
+        if spec in MAPPING_PRESETS:
+            spec = MAPPING_PRESETS[spec]
+        elif Path(spec).is_file():
+            spec = yaml.safe_load(Path(spec).read_text())
+        else:
+            raise InputError(f"mapping {spec!r} is neither a preset ({sorted(MAPPING_PRESETS)}) nor a YAML file")
+    if not isinstance(spec, dict) or "selections" not in spec:
+        raise InputError("a mapping spec needs 'selections' (one mdtraj selection or atom list per bead)")
+    unknown = set(spec) - {"method", "selections", "names", "types", "masses_amu", "aggregate_hydrogens"}
+    if unknown:
+        raise InputError(f"unknown mapping keys {sorted(unknown)}")
+    return build_mapping(topology, spec["selections"], spec.get("method", "slice"), spec.get("names"),
+                         spec.get("types"), spec.get("masses_amu"), spec.get("aggregate_hydrogens", True))

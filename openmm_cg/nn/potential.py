@@ -1,0 +1,78 @@
+"""The whole CG potential of one molecule type: priors + network, batched over replicas.
+
+This one module is both the training-time model and (scripted) the exported file, so the exported
+energy is the trained energy by construction; tests check it through OpenMM anyway.
+"""
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..priors.terms import PriorEnergy, PriorParameters
+from .schnet import CGSchNet, SchNetConfig
+
+
+def all_pairs(n_beads: int) -> torch.Tensor:
+    """Every directed pair (i, j), i != j, of one molecule: (n*(n-1), 2).
+
+    Molecules are small, so the network sees all pairs and the smooth cutoff switches far ones off:
+    no neighbor is ever dropped by a stale list.
+    """
+    i, j = torch.meshgrid(torch.arange(n_beads), torch.arange(n_beads), indexing="ij")
+    keep = i != j
+    return torch.stack([i[keep], j[keep]], dim=1)
+
+
+class ZeroNetwork(nn.Module):
+    """Stands in for the network of a prior-only model (same call signature, zero energy)."""
+
+    def forward(self, positions: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(positions.shape[0], dtype=positions.dtype, device=positions.device)
+
+
+class CGPotentialModule(nn.Module):
+    """E(positions) in kJ/mol for positions in nm.
+
+    ``forward(positions (R*N, 3), box (3, 3) or None)`` returns the total energy of R replicas of an
+    N-bead molecule (what openmm-torch's TorchForce calls); ``energy_batch((B, N, 3))`` returns (B,).
+    """
+
+    def __init__(self, bead_types, prior_params: Optional[PriorParameters], schnet_config: Optional[SchNetConfig],
+                 n_types: Optional[int] = None, energy_scale_kJ_per_mol: float = 1.0):
+        super().__init__()
+        bead_types = torch.as_tensor(bead_types, dtype=torch.long)
+        self.n_beads = int(bead_types.numel())
+        self.register_buffer("bead_types", bead_types)
+        self.register_buffer("pairs", all_pairs(self.n_beads))
+        self.register_buffer("dtype_probe", torch.zeros(0))
+        self.prior = PriorEnergy(prior_params if prior_params is not None else PriorParameters())
+        self.has_network = schnet_config is not None
+        n_types = n_types if n_types is not None else int(bead_types.max()) + 1
+        self.network = CGSchNet(schnet_config, n_types, energy_scale_kJ_per_mol) if schnet_config else ZeroNetwork()
+
+    @torch.jit.export
+    def network_energy(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.network(positions, self.bead_types, self.pairs)
+
+    @torch.jit.export
+    def energy_batch(self, positions: torch.Tensor) -> torch.Tensor:
+        x = positions.to(self.dtype_probe.dtype)
+        return (self.prior(x) + self.network_energy(x)).to(positions.dtype)
+
+    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # ``box`` is accepted (TorchForce passes it for periodic systems) and unused: this is a
+        # single-molecule model; periodic liquids use a periodic model.
+        n_total = positions.shape[0]
+        if positions.dim() != 2 or positions.shape[1] != 3 or n_total % self.n_beads != 0:
+            raise ValueError("openmm-cg: positions must be (n_replicas * n_beads, 3); the particle count is not "
+                             "a multiple of this model's bead count " + str(self.n_beads))
+        batch = positions.reshape(n_total // self.n_beads, self.n_beads, 3)
+        return self.energy_batch(batch).sum()
+
+
+def forces_of(model: nn.Module, positions: torch.Tensor, create_graph: bool = False):
+    """(energy (B,), forces (B, N, 3)) for batched positions; forces = -dE/dx in kJ/mol/nm."""
+    positions = positions.detach().requires_grad_(True)
+    energy = model.energy_batch(positions)
+    (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)
+    return energy, -grad

@@ -1,0 +1,131 @@
+"""Fit prior parameters to CG data by Boltzmann inversion.
+
+For a coordinate x with histogram p(x), the potential of mean force is U(x) = -kT ln(p(x)/J(x)),
+where J is the Jacobian of the coordinate: r^2 for a distance in 3-D, sin(theta) for an angle, 1 for a
+dihedral. Each prior form is fitted to U by least squares weighted with the bin counts (the variance
+of ln(count) is 1/count), so well-sampled regions dominate the fit.
+"""
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..geometry import angles, dihedrals, distances
+from ..units import kT_kJ_per_mol
+from .graph import topology_terms
+from .terms import PriorParameters
+
+_MIN_COUNT = 5
+
+
+def _values(positions_nm: np.ndarray, index: np.ndarray, function, chunk: int = 100_000) -> np.ndarray:
+    """(frames, n_terms) internal coordinates, computed in float64 with the model's own geometry."""
+    index_t = torch.as_tensor(index, dtype=torch.long)
+    out = []
+    for start in range(0, len(positions_nm), chunk):
+        x = torch.as_tensor(np.asarray(positions_nm[start:start + chunk], dtype=np.float64))
+        out.append(function(x, index_t).numpy())
+    return np.concatenate(out)
+
+
+def _boltzmann_inverted(samples: np.ndarray, jacobian, kT: float, bins: int, value_range=None):
+    counts, edges = np.histogram(samples, bins=bins, range=value_range)
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    keep = counts >= _MIN_COUNT
+    jac = jacobian(centers[keep])
+    keep_idx = np.flatnonzero(keep)[jac > 0]
+    jac = jac[jac > 0]
+    energy = -kT * np.log(counts[keep_idx] / jac)
+    return centers[keep_idx], energy, counts[keep_idx].astype(np.float64)
+
+
+def _weighted_lstsq(design: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    w = np.sqrt(weights)[:, None]
+    solution, *_ = np.linalg.lstsq(design * w, target * w[:, 0], rcond=None)
+    return solution
+
+
+def fit_harmonic(samples: np.ndarray, kT: float, jacobian, bins: int = 100):
+    """(k, x0) of 1/2 k (x - x0)^2 fitted to the Boltzmann-inverted histogram of ``samples``."""
+    x, energy, counts = _boltzmann_inverted(samples, jacobian, kT, bins)
+    if len(x) >= 3:
+        a, b, _ = _weighted_lstsq(np.stack([x ** 2, x, np.ones_like(x)], axis=1), energy, counts)
+        if a > 0:
+            return 2.0 * a, -b / (2.0 * a)
+    # Too narrow to histogram, or not convex: a Gaussian's moments give the same harmonic form.
+    variance = float(np.var(samples))
+    if variance <= 0:
+        raise InputError("a prior coordinate does not fluctuate in the data: cannot fit a harmonic prior")
+    return kT / variance, float(np.mean(samples))
+
+
+def fit_fourier(samples: np.ndarray, kT: float, n_terms: int, bins: int = 72):
+    """(k_n, phase_n), n = 1..n_terms, of sum_n k_n (1 + cos(n phi - phase_n)) fitted to -kT ln p(phi)."""
+    phi, energy, counts = _boltzmann_inverted(samples, lambda c: np.ones_like(c), kT, bins, (-np.pi, np.pi))
+    columns = [np.ones_like(phi)]
+    for n in range(1, n_terms + 1):
+        columns += [np.cos(n * phi), np.sin(n * phi)]
+    if len(phi) < len(columns):
+        return np.zeros(n_terms), np.zeros(n_terms)
+    solution = _weighted_lstsq(np.stack(columns, axis=1), energy, counts)
+    a, b = solution[1::2], solution[2::2]
+    # a cos(n phi) + b sin(n phi) = A cos(n phi - d), with A = |(a, b)| and d = atan2(b, a).
+    return np.hypot(a, b), np.arctan2(b, a)
+
+
+def fit_repulsion(samples: np.ndarray, kT: float, wall_quantiles=(0.001, 0.05), bins: int = 40) -> float:
+    """c of c / r^6 fitted (with an offset) to the Boltzmann-inverted wall: the closest 5% of distances.
+
+    Falls back to c = kT * r_min^6 (one kT at the closest observed distance) when no wall is resolved.
+    """
+    low, high = np.quantile(samples, wall_quantiles)
+    wall = samples[(samples >= low) & (samples <= high)]
+    r, energy, counts = _boltzmann_inverted(wall, lambda c: c ** 2, kT, bins)
+    if len(r) >= 4:
+        c, _ = _weighted_lstsq(np.stack([r ** -6.0, np.ones_like(r)], axis=1), energy, counts)
+        if c > 0:
+            return float(c)
+    return float(kT * low ** 6)
+
+
+def fit_priors(positions_nm: np.ndarray, bonds: np.ndarray, temperature_K: float, n_dihedral_terms: int = 3,
+               use_angles: bool = True, use_dihedrals: bool = True, use_repulsion: bool = True) -> PriorParameters:
+    """Fit all priors for a molecule with CG ``bonds`` from mapped positions (frames, beads, 3) in nm."""
+    positions_nm = np.asarray(positions_nm)
+    if positions_nm.ndim != 3 or positions_nm.shape[-1] != 3:
+        raise InputError(f"positions must be (frames, beads, 3), got {positions_nm.shape}")
+    if len(positions_nm) < 100:
+        raise InputError(f"{len(positions_nm)} frames are too few to fit priors (need at least 100)")
+    kT = kT_kJ_per_mol(temperature_K)
+    n_beads = positions_nm.shape[1]
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    triples, quads, pairs = topology_terms(n_beads, bonds)
+    params = PriorParameters()
+
+    if len(bonds):
+        r = _values(positions_nm, bonds, distances)
+        fits = [fit_harmonic(r[:, m], kT, lambda c: c ** 2) for m in range(len(bonds))]
+        params.bond_pairs, params.bond_k, params.bond_r0_nm = bonds, *map(np.array, zip(*fits))
+    if use_angles and len(triples):
+        theta = _values(positions_nm, triples, angles)
+        fits = [fit_harmonic(theta[:, m], kT, np.sin) for m in range(len(triples))]
+        params.angle_triples, params.angle_k, params.angle_theta0 = triples, *map(np.array, zip(*fits))
+    if use_dihedrals and len(quads) and n_dihedral_terms > 0:
+        phi = _values(positions_nm, quads, dihedrals)
+        fits = [fit_fourier(phi[:, m], kT, n_dihedral_terms) for m in range(len(quads))]
+        params.dihedral_quads = quads
+        params.dihedral_k = np.array([f[0] for f in fits]).reshape(-1, n_dihedral_terms)
+        params.dihedral_phase = np.array([f[1] for f in fits]).reshape(-1, n_dihedral_terms)
+    if use_repulsion and len(pairs):
+        r = _values(positions_nm, pairs, distances)
+        params.repulsion_pairs = pairs
+        params.repulsion_c = np.array([fit_repulsion(r[:, m], kT) for m in range(len(pairs))])
+    return _float32_exact(params)
+
+
+def _float32_exact(params: PriorParameters) -> PriorParameters:
+    """Round every parameter to float32 once, so that the model's float32 buffers, the metadata JSON and
+    native OpenMM forces built from it all hold exactly the same numbers."""
+    for name, value in params.__dict__.items():
+        if value.dtype.kind == "f":
+            setattr(params, name, value.astype(np.float32).astype(np.float64))
+    return params

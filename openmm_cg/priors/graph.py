@@ -1,0 +1,56 @@
+"""Angles, dihedrals and non-bonded pairs derived from a CG bond graph."""
+from itertools import combinations
+from typing import List, Tuple
+
+import numpy as np
+
+
+def _neighbors(n_beads: int, bonds: np.ndarray) -> List[set]:
+    neighbors = [set() for _ in range(n_beads)]
+    for i, j in np.asarray(bonds).reshape(-1, 2):
+        neighbors[int(i)].add(int(j))
+        neighbors[int(j)].add(int(i))
+    return neighbors
+
+
+def angle_triples(n_beads: int, bonds: np.ndarray) -> np.ndarray:
+    neighbors = _neighbors(n_beads, bonds)
+    triples = [(i, j, k) for j in range(n_beads) for i, k in combinations(sorted(neighbors[j]), 2)]
+    return np.array(triples, dtype=np.int64).reshape(-1, 3)
+
+
+def dihedral_quads(n_beads: int, bonds: np.ndarray) -> np.ndarray:
+    neighbors = _neighbors(n_beads, bonds)
+    quads = set()
+    for j, k in np.asarray(bonds).reshape(-1, 2):
+        j, k = int(j), int(k)
+        for i in neighbors[j] - {k}:
+            for l in neighbors[k] - {j}:
+                if i != l:
+                    quad = (i, j, k, l)
+                    quads.add(min(quad, quad[::-1]))
+    return np.array(sorted(quads), dtype=np.int64).reshape(-1, 4)
+
+
+def graph_distances(n_beads: int, bonds: np.ndarray) -> np.ndarray:
+    """Number of bonds on the shortest path between beads (a large number when unconnected)."""
+    unreachable = n_beads + 1
+    hops = np.full((n_beads, n_beads), unreachable, dtype=np.int64)
+    np.fill_diagonal(hops, 0)
+    for i, j in np.asarray(bonds).reshape(-1, 2):
+        hops[i, j] = hops[j, i] = 1
+    for k in range(n_beads):  # Floyd-Warshall; CG molecules are small
+        hops = np.minimum(hops, hops[:, [k]] + hops[[k], :])
+    return hops
+
+
+def nonbonded_pairs(n_beads: int, bonds: np.ndarray, min_bond_separation: int = 3) -> np.ndarray:
+    """Pairs i<j separated by at least ``min_bond_separation`` bonds (1-2 and 1-3 pairs excluded by default)."""
+    hops = graph_distances(n_beads, bonds)
+    i, j = np.triu_indices(n_beads, k=1)
+    keep = hops[i, j] >= min_bond_separation
+    return np.stack([i[keep], j[keep]], axis=1).astype(np.int64).reshape(-1, 2)
+
+
+def topology_terms(n_beads: int, bonds: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return angle_triples(n_beads, bonds), dihedral_quads(n_beads, bonds), nonbonded_pairs(n_beads, bonds)

@@ -1,0 +1,140 @@
+"""CGPotential: an exported model as OpenMM Systems (the openmm-ml convention).
+
+    pot = CGPotential.load("models/alanine_dipeptide_cgschnet.pt")   # or a shipped model's name
+    system = pot.createSystem(pot.topology(n_replicas=10))
+"""
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .._runtime import openmm, openmmtorch
+from openmm import app
+
+from ..errors import ModelFileError
+from ..export import load_eager, load_exported
+from ..priors.terms import PriorParameters, openmm_prior_forces
+from ..topology import replicate_topology, topology_from_dict
+
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
+BACKENDS = ("torchforce", "pythonforce")
+
+
+def shipped_models() -> dict:
+    """Names of the models in the repository's ``models/`` folder -> their paths."""
+    return {path.stem: path for path in sorted(MODELS_DIR.glob("*.pt")) if not path.name.endswith(".state.pt")}
+
+
+class _NetworkOnly(torch.nn.Module):
+    """The network part of an exported potential (its priors then live in native OpenMM forces)."""
+
+    def __init__(self, potential: torch.jit.ScriptModule, n_beads: int):
+        super().__init__()
+        self.potential = potential
+        self.n_beads = n_beads
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        batch = positions.reshape(positions.shape[0] // self.n_beads, self.n_beads, 3)
+        x = batch.to(self.potential.dtype_probe.dtype)
+        return self.potential.network_energy(x).sum().to(positions.dtype)
+
+
+class CGPotential:
+    def __init__(self, path: Path, module: torch.jit.ScriptModule, metadata: dict):
+        self.path = Path(path)
+        self.module = module
+        self.metadata = metadata
+
+    @classmethod
+    def load(cls, name_or_path) -> "CGPotential":
+        path = Path(name_or_path)
+        if not path.exists():
+            models = shipped_models()
+            if str(name_or_path) not in models:
+                raise ModelFileError(f"{name_or_path} is neither a file nor a shipped model (shipped: {sorted(models)})")
+            path = models[str(name_or_path)]
+        module, metadata = load_exported(path)
+        return cls(path, module, metadata)
+
+    @property
+    def n_beads(self) -> int:
+        return int(self.metadata["n_beads"])
+
+    @property
+    def masses_amu(self) -> np.ndarray:
+        return np.asarray(self.metadata["masses_amu"], dtype=np.float64)
+
+    @property
+    def temperature_K(self) -> float:
+        return float(self.metadata["temperatures_K"][0])
+
+    def topology(self, n_replicas: int = 1) -> app.Topology:
+        """The CG topology the model was trained for, replicated ``n_replicas`` times."""
+        return replicate_topology(topology_from_dict(self.metadata["cg_topology"]), n_replicas)
+
+    def n_replicas_of(self, topology: app.Topology) -> int:
+        n_atoms = topology.getNumAtoms()
+        if n_atoms == 0 or n_atoms % self.n_beads != 0:
+            raise ModelFileError(f"the topology has {n_atoms} particles, not a multiple of the model's "
+                                 f"{self.n_beads} beads ({', '.join(self.metadata['bead_names'])})")
+        names = [atom.name for atom in topology.atoms()]
+        expected = list(self.metadata["bead_names"])
+        for replica in range(n_atoms // self.n_beads):
+            block = names[replica * self.n_beads:(replica + 1) * self.n_beads]
+            if block != expected:
+                raise ModelFileError(f"replica {replica} of the topology has beads {block}; the model expects "
+                                     f"{expected} in this order")
+        return n_atoms // self.n_beads
+
+    def createSystem(self, topology: app.Topology, backend: str = "torchforce",
+                     priors_as_openmm_forces: bool = False, compile: bool = False,
+                     torch_device: Optional[str] = None) -> openmm.System:
+        """A System with bead masses and the potential for every replica in ``topology``.
+
+        backend "torchforce": openmm-torch's TorchForce (C++, no Python per step). "pythonforce":
+        openmm.PythonForce calling the eager model (any torch; ``compile=True`` applies torch.compile).
+        ``priors_as_openmm_forces``: priors become HarmonicBond/HarmonicAngle/PeriodicTorsion/CustomBond
+        forces and only the network stays in torch; this also declares the molecule's bonds to OpenMM.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}")
+        n_replicas = self.n_replicas_of(topology)
+        system = openmm.System()
+        for _ in range(n_replicas):
+            for mass in self.masses_amu:
+                system.addParticle(float(mass))
+        if priors_as_openmm_forces:
+            params = PriorParameters.from_dict(self.metadata["priors"])
+            for force in openmm_prior_forces(params, self.n_beads, n_replicas):
+                system.addForce(force)
+        if backend == "torchforce":
+            module = self.module
+            if priors_as_openmm_forces:
+                module = torch.jit.script(_NetworkOnly(self.module, self.n_beads))
+            system.addForce(openmmtorch().TorchForce(module))
+        else:
+            system.addForce(self._python_force(priors_as_openmm_forces, compile, torch_device))
+        return system
+
+    def _python_force(self, network_only: bool, compile: bool, torch_device: Optional[str]):
+        from openmm import unit
+
+        eager, _ = load_eager(self.path)
+        device = torch.device(torch_device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        eager = eager.to(device)
+        n_beads = self.n_beads
+        energy_fn = eager.network_energy if network_only else eager.energy_batch
+        if compile:
+            energy_fn = torch.compile(energy_fn)
+        dtype = eager.dtype_probe.dtype
+
+        def compute(state):
+            xyz = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+            positions = torch.tensor(np.asarray(xyz), dtype=dtype, device=device).reshape(-1, n_beads, 3)
+            positions.requires_grad_(True)
+            energy = energy_fn(positions).sum()
+            (grad,) = torch.autograd.grad(energy, positions)
+            return float(energy.detach()), (-grad).reshape(-1, 3).detach().cpu().numpy().astype(np.float64)
+
+        return openmm.PythonForce(compute)

@@ -1,0 +1,105 @@
+"""Training configuration: YAML in, dataclasses in memory, the expanded YAML saved next to outputs."""
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from ..errors import InputError
+from ..nn.schnet import SchNetConfig
+
+
+@dataclass
+class DataConfig:
+    dataset: str = ""
+    validation_fraction: float = 0.25
+    frame_stride: int = 1
+
+
+@dataclass
+class PriorConfig:
+    angles: bool = True
+    dihedrals: bool = True
+    n_dihedral_terms: int = 3
+    repulsion: bool = True
+
+
+@dataclass
+class ModelConfig:
+    architecture: str = "cgschnet"
+    cgschnet: SchNetConfig = field(default_factory=SchNetConfig)
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 256
+    max_epochs: int = 30
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    lr_factor: float = 0.5
+    lr_patience: int = 2
+    early_stopping_patience: int = 6
+    min_learning_rate: float = 1e-6
+    max_time_minutes: Optional[float] = None
+    accelerator: str = "auto"
+    devices: str = "auto"
+    export_dtype: str = "float32"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    output: str = "runs/train"
+    data: DataConfig = field(default_factory=DataConfig)
+    priors: PriorConfig = field(default_factory=PriorConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: OptimConfig = field(default_factory=OptimConfig)
+
+    def validate(self) -> None:
+        if not self.data.dataset:
+            raise InputError("training config: data.dataset (a CG dataset .h5) is required")
+        if self.model.architecture != "cgschnet":
+            raise InputError(f"training config: unknown architecture {self.model.architecture!r} (available: cgschnet)")
+        if not 0.0 < self.data.validation_fraction < 1.0:
+            raise InputError("training config: data.validation_fraction must be between 0 and 1")
+        if self.training.export_dtype not in ("float32", "float64"):
+            raise InputError("training config: training.export_dtype must be float32 or float64")
+
+
+def _from_dict(cls, data: dict, where: str):
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise InputError(f"config section {where or 'top level'} must be a mapping")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise InputError(f"unknown config keys in {where or 'top level'}: {unknown}")
+    values = {}
+    for name, value in data.items():
+        default = known[name].default_factory() if callable(known[name].default_factory) else None
+        if is_dataclass(default):
+            values[name] = _from_dict(type(default), value, f"{where}.{name}".strip("."))
+        else:
+            values[name] = value
+    return cls(**values)
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    config = _from_dict(TrainConfig, data or {}, "")
+    config.validate()
+    return config
+
+
+def load_config(path) -> TrainConfig:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"config file {path} does not exist")
+    with open(path) as handle:
+        data = yaml.safe_load(handle)
+    return config_from_dict(data)
+
+
+def save_config(config: TrainConfig, path) -> None:
+    with open(path, "w") as handle:
+        yaml.safe_dump(asdict(config), handle, sort_keys=False)

@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="openmm-cg",
+    version="0.1.0",
+    description="Machine-learned coarse-grained potentials (CGSchNet, force matching) for OpenMM",
+    packages=find_packages(include=["openmm_cg", "openmm_cg.*"]),
+    package_data={"openmm_cg": ["configs/*.yaml"]},
+    python_requires=">=3.10",
+    install_requires=[
+        # openmmtorch 1.5 is compiled against torch 2.9.x: any other torch fails to load it.
+        "torch==2.9.1",
+        "openmm==8.6.1",
+        "openmmtorch==1.5",
+        "mdtraj>=1.10",
+        "openmmtools>=0.23",
+        "h5py>=3.8",
+        "tables>=3.8",  # mdtraj HDF5 trajectories
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
+        "lightning>=2.2",
+        "pyyaml>=6.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["openmm-cg=openmm_cg.cli:main"]},
+)

@@ -1,0 +1,117 @@
+"""OpenMM simulation of an exported model: temperatures, outputs, resume, blow-ups."""
+import csv
+
+import numpy as np
+import pytest
+
+from openmm_cg.analysis.report import load_simulation_positions
+from openmm_cg.analysis.thermo import configurational_temperature_K
+from openmm_cg.errors import InputError, OutputExistsError, SimulationBlowUpError
+from openmm_cg.export import load_eager
+from openmm_cg.simulation.potential import CGPotential
+from openmm_cg.simulation.run import SimulationConfig, run_simulation
+
+from conftest import cg_frames
+
+
+def _log_column(path, name):
+    with open(path, newline="") as handle:
+        return np.array([float(row[name]) for row in csv.DictReader(handle)])
+
+
+@pytest.fixture(scope="module")
+def langevin_run(ala2_exported, ala2_dataset, tmp_path_factory):
+    _, dataset = ala2_dataset
+    potential = CGPotential.load(ala2_exported["float32"])
+    config = SimulationConfig(n_steps=6000, timestep_ps=0.002, friction_per_ps=10.0, report_interval=20,
+                              checkpoint_interval=2000, platform="CPU", seed=3)
+    out = tmp_path_factory.mktemp("langevin")
+    result = run_simulation(potential, cg_frames(dataset, 20).reshape(-1, 3), config, out, progress=False)
+    return out, result, potential
+
+
+def test_langevin_samples_the_target_temperature(langevin_run, ala2_exported):
+    out, result, potential = langevin_run
+    assert result["n_replicas"] == 20 and result["frames"] == 300
+    kinetic = _log_column(out / "log.csv", "temperature_K")[50:]  # 2 ps of equilibration skipped
+    assert abs(kinetic.mean() - 300.0) < 0.03 * 300.0
+    xyz = load_simulation_positions(out)[50:]
+    frames = xyz.reshape(len(xyz) * 20, potential.n_beads, 3)
+    module, _ = load_eager(ala2_exported["float64"])
+    t_conf = configurational_temperature_K(module, frames.astype(np.float64))
+    assert abs(t_conf - 300.0) < 0.05 * 300.0, t_conf
+
+
+def test_resume_continues_and_refuses_other_settings(langevin_run, ala2_dataset):
+    out, result, potential = langevin_run
+    _, dataset = ala2_dataset
+    config = SimulationConfig(n_steps=6400, timestep_ps=0.002, friction_per_ps=10.0, report_interval=20,
+                              checkpoint_interval=2000, platform="CPU", seed=3)
+    again = run_simulation(potential, cg_frames(dataset, 20).reshape(-1, 3), config, out, progress=False)
+    assert again["steps"] == 6400 and again["frames"] == 320
+    assert len(load_simulation_positions(out)) == 320
+    steps = _log_column(out / "log.csv", "step")
+    assert np.all(np.diff(steps) == 20) and steps[-1] == 6400
+    config.friction_per_ps = 1.0
+    with pytest.raises(InputError, match="different settings"):
+        run_simulation(potential, cg_frames(dataset, 20).reshape(-1, 3), config, out, progress=False)
+
+
+def test_interrupted_run_drops_frames_after_the_checkpoint(ala2_exported, ala2_dataset, tmp_path):
+    """Frames written after the last checkpoint are removed on resume and simulated again."""
+    import json
+
+    _, dataset = ala2_dataset
+    potential = CGPotential.load(ala2_exported["float32"])
+    x = cg_frames(dataset, 2).reshape(-1, 3)
+    for fmt in ("dcd", "h5"):
+        out = tmp_path / fmt
+        config = SimulationConfig(n_steps=400, report_interval=20, checkpoint_interval=200, platform="CPU",
+                                  trajectory_format=fmt)
+        run_simulation(potential, x, config, out, progress=False)
+        progress = json.loads((out / "progress.json").read_text())
+        progress.update(step=200, frames=10)  # as if the run died after its first checkpoint
+        (out / "progress.json").write_text(json.dumps(progress))
+        (out / "checkpoint.chk").unlink()
+        run_simulation(potential, x, SimulationConfig(**{**config.__dict__, "n_steps": 200}), tmp_path / f"{fmt}_ref",
+                       progress=False)
+        (out / "checkpoint.chk").write_bytes((tmp_path / f"{fmt}_ref" / "checkpoint.chk").read_bytes())
+        result = run_simulation(potential, x, config, out, progress=False)
+        assert result["frames"] == 20 and len(load_simulation_positions(out)) == 20
+
+
+def test_existing_results_are_not_overwritten(ala2_exported, ala2_dataset, tmp_path):
+    _, dataset = ala2_dataset
+    potential = CGPotential.load(ala2_exported["float32"])
+    (tmp_path / "results.txt").write_text("precious")
+    with pytest.raises(OutputExistsError):
+        run_simulation(potential, cg_frames(dataset, 1), SimulationConfig(n_steps=10, report_interval=10,
+                                                                           checkpoint_interval=10), tmp_path)
+    assert (tmp_path / "results.txt").read_text() == "precious"
+
+
+def test_blow_up_is_detected_reported_and_last_good_state_saved(ala2_exported, ala2_dataset, tmp_path):
+    _, dataset = ala2_dataset
+    potential = CGPotential.load(ala2_exported["float32"])
+    # A 50 fs step is far beyond the stability limit of the CG bonds: the run must explode.
+    config = SimulationConfig(n_steps=2000, timestep_ps=0.05, report_interval=10, checkpoint_interval=1000,
+                              platform="CPU")
+    with pytest.raises(SimulationBlowUpError, match=r"blew up by step \d+") as info:
+        run_simulation(potential, cg_frames(dataset, 2).reshape(-1, 3), config, tmp_path / "run", progress=False)
+    assert info.value.step > 0
+    from openmm_cg._runtime import openmm
+
+    state = openmm.XmlSerializer.deserialize((tmp_path / "run" / "last_good_state.xml").read_text())
+    assert np.isfinite(state.getPositions(asNumpy=True)._value).all()
+    logged = _log_column(tmp_path / "run" / "log.csv", "potential_energy_kJ_per_mol")
+    assert np.isfinite(logged).all()  # nothing broken was written
+
+
+def test_overlapping_start_is_reported_as_bad_input(ala2_exported, ala2_dataset, tmp_path):
+    _, dataset = ala2_dataset
+    potential = CGPotential.load(ala2_exported["float32"])
+    x = cg_frames(dataset, 1).reshape(-1, 3)
+    x[3] = x[0] + 0.001
+    with pytest.raises(SimulationBlowUpError, match="starting configuration"):
+        run_simulation(potential, x, SimulationConfig(n_steps=100, report_interval=10, checkpoint_interval=100,
+                                                      platform="CPU"), tmp_path / "run", progress=False)
