@@ -72,7 +72,7 @@ def run_demo(out_dir, overwrite: bool = False, reference_frames_per_seed: int = 
     stage("analysis")
     metrics = analyze_ramachandran(dataset_path, [work / "simulation"], work / "analysis")
     shutil.copy(work / "analysis" / "fes.png", out / "fes.png")
-    plot_training_curves(work / "train" / "metrics" / "version_0" / "metrics.csv", out / "training_curve.png")
+    plot_training_curves(work / "train", out / "training_curve.png")
     done("analysis")
 
     report = {

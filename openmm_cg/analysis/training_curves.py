@@ -5,10 +5,13 @@ from pathlib import Path
 import numpy as np
 
 
-def read_epoch_metrics(metrics_csv) -> dict:
-    """{metric: (epochs, values)} for every per-epoch metric in a Lightning CSVLogger file."""
-    with open(metrics_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+def read_epoch_metrics(run_dir) -> dict:
+    """{metric: (epochs, values)} for every per-epoch metric of a training run (all its restarts)."""
+    rows = []
+    files = sorted(Path(run_dir).glob("metrics/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    for metrics_csv in files:
+        with open(metrics_csv, newline="") as handle:
+            rows.extend(csv.DictReader(handle))
     series = {}
     for row in rows:
         for key, value in row.items():
@@ -20,13 +23,13 @@ def read_epoch_metrics(metrics_csv) -> dict:
     return {key: (np.array(e), np.array(v)) for key, (e, v) in series.items()}
 
 
-def plot_training_curves(metrics_csv, path) -> None:
+def plot_training_curves(run_dir, path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = read_epoch_metrics(metrics_csv)
+    series = read_epoch_metrics(run_dir)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for key, label in (("train_mse", "training"), ("val_mse", "validation")):
         if key in series:

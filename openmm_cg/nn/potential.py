@@ -13,14 +13,12 @@ from .schnet import CGSchNet, SchNetConfig
 
 
 def all_pairs(n_beads: int) -> torch.Tensor:
-    """Every directed pair (i, j), i != j, of one molecule: (n*(n-1), 2).
+    """Every pair (i, j), i < j, of one molecule: (n*(n-1)/2, 2).
 
     Molecules are small, so the network sees all pairs and the smooth cutoff switches far ones off:
     no neighbor is ever dropped by a stale list.
     """
-    i, j = torch.meshgrid(torch.arange(n_beads), torch.arange(n_beads), indexing="ij")
-    keep = i != j
-    return torch.stack([i[keep], j[keep]], dim=1)
+    return torch.triu_indices(n_beads, n_beads, offset=1).T.contiguous()
 
 
 class ZeroNetwork(nn.Module):

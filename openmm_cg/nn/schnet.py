@@ -65,14 +65,17 @@ class Interaction(nn.Module):
         self.f2out = nn.Sequential(nn.Linear(n_features, n_features), activation(act), nn.Linear(n_features, n_features))
 
     def forward(self, h: torch.Tensor, rbf: torch.Tensor, envelope: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        # Filters depend on the distance only, so each undirected pair (i < j) computes its filter once
+        # and passes messages both ways: j -> i and i -> j.
         weights = self.filter(rbf) * envelope.unsqueeze(-1)  # (batch, pairs, F)
-        messages = self.in2f(h)[:, pairs[:, 1]] * weights
-        aggregated = torch.zeros_like(h).index_add(1, pairs[:, 0], messages)
+        x = self.in2f(h)
+        aggregated = torch.zeros_like(h).index_add(1, pairs[:, 0], x[:, pairs[:, 1]] * weights)
+        aggregated = aggregated.index_add(1, pairs[:, 1], x[:, pairs[:, 0]] * weights)
         return h + self.f2out(aggregated)
 
 
 class CGSchNet(nn.Module):
-    """Energy (batch,) of configurations (batch, beads, 3) given per-bead types and a directed pair list."""
+    """Energy (batch,) of configurations (batch, beads, 3) given per-bead types and undirected pairs (i < j)."""
 
     def __init__(self, config: SchNetConfig, n_types: int, energy_scale_kJ_per_mol: float = 1.0):
         super().__init__()

@@ -167,7 +167,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
         callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=20))
     trainer = pl.Trainer(
         max_epochs=opt.max_epochs, accelerator=opt.accelerator, devices=opt.devices, callbacks=callbacks,
-        logger=pl.loggers.CSVLogger(output, name="metrics", version=0), default_root_dir=output,
+        # A new version folder per (re)start: Lightning's CSV writer would overwrite earlier epochs.
+        logger=pl.loggers.CSVLogger(output, name="metrics"), default_root_dir=output,
         enable_progress_bar=progress, enable_model_summary=False, deterministic=False,
         max_time={"minutes": opt.max_time_minutes} if opt.max_time_minutes else None,
         num_sanity_val_steps=0, log_every_n_steps=50,
