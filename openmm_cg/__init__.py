@@ -5,3 +5,6 @@ Importing this package imports torch before OpenMM, which openmm-torch's plugin 
 __version__ = "0.1.0"
 
 from . import _runtime  # noqa: E402,F401  (import-order fix for the TorchForce plugin)
+from .simulation.potential import CGPotential  # noqa: E402
+
+__all__ = ["CGPotential", "__version__"]

@@ -66,9 +66,6 @@ def _export(args):
 
 
 def _simulate(args):
-    import numpy as np
-
-    from .data.datasets import CGDataset
     from .simulation.potential import CGPotential
     from .simulation.run import SimulationConfig, run_simulation
 
@@ -90,6 +87,8 @@ def initial_positions(potential, init, n_replicas: int, seed: int):
 
     from .data.datasets import CGDataset
 
+    if init is None:
+        return potential.example_positions(n_replicas)
     path = Path(init)
     if path.suffix in (".h5", ".hdf5"):
         dataset = CGDataset.load(path)
@@ -184,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("simulate", help="Langevin dynamics of an exported model in OpenMM")
     p.add_argument("model", help="a .pt file or a shipped model name")
-    p.add_argument("--init", required=True, help="a CG dataset .h5 (random frames) or a PDB of the CG beads")
+    p.add_argument("--init", default=None,
+                   help="a CG dataset .h5 (random frames) or a PDB of the CG beads (default: the model's example structure)")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--timestep", type=float, default=0.002, help="ps")

@@ -49,6 +49,8 @@ def ala2_module(ala2_dataset):
     config = SchNetConfig(n_features=32, n_interactions=2, n_rbf=16, n_output_hidden=16)
     module = CGPotentialModule(dataset.mapping.bead_types, params, config, n_types=len(dataset.mapping.type_names),
                                energy_scale_kJ_per_mol=5.0)
+    # New networks start with a zero output layer (= priors only); give it weights so tests see the network.
+    torch.nn.init.normal_(module.network.output[-1].weight, std=0.3)
     return module, params, config
 
 

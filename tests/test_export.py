@@ -107,6 +107,14 @@ def test_metadata_is_readable_without_a_system(ala2_exported):
     assert set(metadata["prior_forms"]) == {"bond", "angle", "dihedral", "repulsion"}
 
 
+def test_fixture_network_is_not_trivial(ala2_module, ala2_dataset):
+    module, _, _ = ala2_module
+    _, dataset = ala2_dataset
+    x = torch.as_tensor(cg_frames(dataset, 8), dtype=torch.float32).requires_grad_(True)
+    (grad,) = torch.autograd.grad(module.network_energy(x).sum(), x)
+    assert grad.abs().max() > 1.0  # kJ/mol/nm: the tests above exercise the network, not only the priors
+
+
 def test_eager_rebuild_equals_scripted(ala2_exported, ala2_dataset):
     _, dataset = ala2_dataset
     scripted, _ = load_exported(ala2_exported["float64"])

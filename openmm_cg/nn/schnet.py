@@ -89,6 +89,9 @@ class CGSchNet(nn.Module):
             nn.Linear(config.n_features, config.n_output_hidden), activation(config.activation),
             nn.Linear(config.n_output_hidden, 1),
         )
+        # Zero last layer: an untrained model is exactly its priors, and training adds corrections.
+        nn.init.zeros_(self.output[-1].weight)
+        nn.init.zeros_(self.output[-1].bias)
         # A fixed scale set from the data's force magnitude keeps the network's raw outputs O(1).
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale_kJ_per_mol)))
 

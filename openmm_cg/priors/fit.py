@@ -27,7 +27,13 @@ def _values(positions_nm: np.ndarray, index: np.ndarray, function, chunk: int = 
     return np.concatenate(out)
 
 
+def _bins_for(n_samples: int, most: int) -> int:
+    """sqrt(n) bins, between 10 and ``most``: few samples spread over many bins give noisy fits."""
+    return int(np.clip(np.sqrt(n_samples), 10, most))
+
+
 def _boltzmann_inverted(samples: np.ndarray, jacobian, kT: float, bins: int, value_range=None):
+    bins = _bins_for(len(samples), bins)
     counts, edges = np.histogram(samples, bins=bins, range=value_range)
     centers = 0.5 * (edges[1:] + edges[:-1])
     keep = counts >= _MIN_COUNT

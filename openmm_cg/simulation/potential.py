@@ -73,6 +73,12 @@ class CGPotential:
         """The CG topology the model was trained for, replicated ``n_replicas`` times."""
         return replicate_topology(topology_from_dict(self.metadata["cg_topology"]), n_replicas)
 
+    def example_positions(self, n_replicas: int = 1) -> np.ndarray:
+        """A starting structure (nm) stored with the model (one mapped reference frame), replicated."""
+        if "example_positions_nm" not in self.metadata:
+            raise ModelFileError(f"{self.path} stores no example structure: give initial positions explicitly")
+        return np.tile(np.asarray(self.metadata["example_positions_nm"], dtype=np.float64), (n_replicas, 1))
+
     def n_replicas_of(self, topology: app.Topology) -> int:
         n_atoms = topology.getNumAtoms()
         if n_atoms == 0 or n_atoms % self.n_beads != 0:

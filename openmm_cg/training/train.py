@@ -222,7 +222,8 @@ def export_run(run_dir, path, dtype: str = "float32", checkpoint: str = "best", 
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     metadata = model_metadata(model, mapping.to_dict(), params, config.model.cgschnet, [dataset.temperature_K],
-                              dataset.data_hash(), extra={"training": {"config": asdict(config), "summary": summary}})
+                              dataset.data_hash(), extra={"training": {"config": asdict(config), "summary": summary},
+                                                          "example_positions_nm": dataset.positions_nm[0].tolist()})
     return export_model(model, metadata, path, dtype=dtype, overwrite=overwrite)
 
 
