@@ -9,15 +9,17 @@ import copy
 import datetime
 import json
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 
 from . import __version__
 from .errors import ModelFileError
+from .nn.periodic import PeriodicCGPotentialModule
 from .nn.potential import CGPotentialModule
 from .nn.schnet import SchNetConfig
 from .outputs import check_output_file, write_json
+from .priors.pair import PAIR_FORM, PairPriorParameters
 from .priors.terms import PRIOR_FORMS, PriorParameters
 
 METADATA_FILE = "openmm_cg_metadata.json"
@@ -27,16 +29,17 @@ UNITS = {"positions": "nm", "energy": "kJ/mol", "forces": "kJ/mol/nm", "time": "
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def model_metadata(module: CGPotentialModule, mapping_dict: dict, prior_params: PriorParameters,
-                   schnet_config: Optional[SchNetConfig], temperatures_K, data_hash: str, extra: Optional[dict] = None) -> dict:
+def model_metadata(module: Union[CGPotentialModule, PeriodicCGPotentialModule], mapping_dict: dict,
+                   prior_params: Union[PriorParameters, PairPriorParameters, None], schnet_config: Optional[SchNetConfig], temperatures_K, data_hash: str, extra: Optional[dict] = None) -> dict:
     import openmm
 
+    periodic = isinstance(module, PeriodicCGPotentialModule)
     metadata = {
         "format_version": FORMAT_VERSION,
         "kind": "openmm-cg potential",
         "architecture": "cgschnet" if schnet_config is not None else "prior-only",
         "units": UNITS,
-        "periodic": False,
+        "periodic": periodic,
         "n_beads": module.n_beads,
         "bead_names": mapping_dict["bead_names"],
         "bead_types": mapping_dict["bead_types"],
@@ -45,12 +48,12 @@ def model_metadata(module: CGPotentialModule, mapping_dict: dict, prior_params: 
         "masses_amu": mapping_dict["masses_amu"],
         "cg_topology": mapping_dict["cg_topology"],
         "mapping": mapping_dict,
-        "cutoff_nm": schnet_config.cutoff_nm if schnet_config is not None else None,
+        "cutoff_nm": module.cutoff_nm if periodic else (schnet_config.cutoff_nm if schnet_config is not None else None),
         "network_config": copy.deepcopy(schnet_config.__dict__) if schnet_config is not None else None,
         "energy_scale_kJ_per_mol": float(module.network.energy_scale) if module.has_network else 1.0,
         "temperatures_K": [float(t) for t in temperatures_K],
-        "priors": prior_params.to_dict(),
-        "prior_forms": PRIOR_FORMS,
+        "priors": prior_params.to_dict() if prior_params is not None else None,
+        "prior_forms": {"pair": PAIR_FORM} if periodic else PRIOR_FORMS,
         "training_data_sha256": data_hash,
         "openmm_cg_version": __version__,
         "torch_version": torch.__version__,
@@ -62,14 +65,18 @@ def model_metadata(module: CGPotentialModule, mapping_dict: dict, prior_params: 
     return metadata
 
 
-def build_module(metadata: dict) -> CGPotentialModule:
+def build_module(metadata: dict) -> Union[CGPotentialModule, PeriodicCGPotentialModule]:
     """An untrained module with the architecture that ``metadata`` describes (load weights into it)."""
     config = SchNetConfig(**metadata["network_config"]) if metadata.get("network_config") else None
+    if metadata.get("periodic"):
+        pair = PairPriorParameters.from_dict(metadata["priors"]) if metadata.get("priors") else None
+        return PeriodicCGPotentialModule(metadata["bead_types"], pair, config, n_types=metadata["n_types"],
+                                         energy_scale_kJ_per_mol=metadata["energy_scale_kJ_per_mol"])
     return CGPotentialModule(metadata["bead_types"], PriorParameters.from_dict(metadata["priors"]), config,
                              n_types=metadata["n_types"], energy_scale_kJ_per_mol=metadata["energy_scale_kJ_per_mol"])
 
 
-def export_model(module: CGPotentialModule, metadata: dict, path, dtype: str = "float32", overwrite: bool = False) -> Path:
+def export_model(module: Union[CGPotentialModule, PeriodicCGPotentialModule], metadata: dict, path, dtype: str = "float32", overwrite: bool = False) -> Path:
     """Write ``path`` (TorchScript), ``<stem>.json`` and ``<stem>.state.pt``."""
     path = check_output_file(path, overwrite)
     if dtype not in _DTYPES:
@@ -129,6 +136,7 @@ def load_eager(path) -> Tuple[CGPotentialModule, dict]:
     state_path = sidecar_paths(path)[1]
     if not state_path.is_file():
         raise ModelFileError(f"{state_path} (the weights beside {path}) is missing; the eager model cannot be rebuilt")
-    module = build_module(metadata)
+    # Cast before loading: loading float64 weights into float32 parameters would round them.
+    module = build_module(metadata).to(_DTYPES[metadata.get("dtype", "float32")])
     module.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
-    return module.to(_DTYPES[metadata.get("dtype", "float32")]).eval(), metadata
+    return module.eval(), metadata

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..geometry import distances
 
 
 @dataclass
@@ -96,10 +95,19 @@ class CGSchNet(nn.Module):
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale_kJ_per_mol)))
 
     def forward(self, positions: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-        r = distances(positions, pairs)
+        vectors = positions[:, pairs[:, 1]] - positions[:, pairs[:, 0]]
+        return self.bead_energies(vectors, types, pairs).sum(-1)
+
+    @torch.jit.export
+    def bead_energies(self, vectors: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        """(batch, beads) energy contributions from pair vectors r_j - r_i (batch, pairs, 3).
+
+        Periodic models pass minimum-image vectors of a neighbor list; molecules pass plain differences.
+        """
+        r = torch.linalg.vector_norm(vectors, dim=-1)
         rbf = self.rbf(r)
         envelope = self.cutoff(r)
-        h = self.embedding(types).unsqueeze(0).expand(positions.shape[0], -1, -1).to(positions.dtype)
+        h = self.embedding(types).unsqueeze(0).expand(vectors.shape[0], -1, -1).to(vectors.dtype)
         for interaction in self.interactions:
             h = interaction(h, rbf, envelope, pairs)
-        return self.energy_scale * self.output(h).sum(dim=(1, 2))
+        return self.energy_scale * self.output(h).squeeze(-1)

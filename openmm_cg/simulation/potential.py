@@ -62,6 +62,10 @@ class CGPotential:
         return int(self.metadata["n_beads"])
 
     @property
+    def periodic(self) -> bool:
+        return bool(self.metadata.get("periodic", False))
+
+    @property
     def masses_amu(self) -> np.ndarray:
         return np.asarray(self.metadata["masses_amu"], dtype=np.float64)
 
@@ -69,9 +73,17 @@ class CGPotential:
     def temperature_K(self) -> float:
         return float(self.metadata["temperatures_K"][0])
 
-    def topology(self, n_replicas: int = 1) -> app.Topology:
-        """The CG topology the model was trained for, replicated ``n_replicas`` times."""
-        return replicate_topology(topology_from_dict(self.metadata["cg_topology"]), n_replicas)
+    def topology(self, n_replicas: int = 1, box_vectors_nm=None) -> app.Topology:
+        """The CG topology the model was trained for, replicated ``n_replicas`` times.
+
+        ``box_vectors_nm`` (3x3, rows a, b, c) makes it periodic; periodic models need one.
+        """
+        topology = replicate_topology(topology_from_dict(self.metadata["cg_topology"]), n_replicas)
+        if box_vectors_nm is not None:
+            from openmm import Vec3, unit
+
+            topology.setPeriodicBoxVectors([Vec3(*map(float, row)) for row in np.asarray(box_vectors_nm)] * unit.nanometer)
+        return topology
 
     def example_positions(self, n_replicas: int = 1) -> np.ndarray:
         """A starting structure (nm) stored with the model (one mapped reference frame), replicated."""
@@ -110,6 +122,15 @@ class CGPotential:
         for _ in range(n_replicas):
             for mass in self.masses_amu:
                 system.addParticle(float(mass))
+        if self.periodic:
+            box = topology.getPeriodicBoxVectors()
+            if box is None:
+                raise ModelFileError(f"{self.path.name} is a periodic model: the topology needs periodic box vectors "
+                                     "(topology.setPeriodicBoxVectors)")
+            system.setDefaultPeriodicBoxVectors(*box)
+            if priors_as_openmm_forces:
+                raise ValueError("priors_as_openmm_forces is for molecular models; a periodic model's pair prior "
+                                 "stays inside the TorchScript module")
         if priors_as_openmm_forces:
             params = PriorParameters.from_dict(self.metadata["priors"])
             for force in openmm_prior_forces(params, self.n_beads, n_replicas):
@@ -118,9 +139,11 @@ class CGPotential:
             module = self.module
             if priors_as_openmm_forces:
                 module = torch.jit.script(_NetworkOnly(self.module, self.n_beads))
-            system.addForce(openmmtorch().TorchForce(module))
+            force = openmmtorch().TorchForce(module)
         else:
-            system.addForce(self._python_force(priors_as_openmm_forces, compile, torch_device))
+            force = self._python_force(priors_as_openmm_forces, compile, torch_device)
+        force.setUsesPeriodicBoundaryConditions(self.periodic)
+        system.addForce(force)
         return system
 
     def _python_force(self, network_only: bool, compile: bool, torch_device: Optional[str]):
@@ -134,12 +157,19 @@ class CGPotential:
         if compile:
             energy_fn = torch.compile(energy_fn)
         dtype = eager.dtype_probe.dtype
+        periodic = self.periodic
 
         def compute(state):
             xyz = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-            positions = torch.tensor(np.asarray(xyz), dtype=dtype, device=device).reshape(-1, n_beads, 3)
-            positions.requires_grad_(True)
-            energy = energy_fn(positions).sum()
+            positions = torch.tensor(np.asarray(xyz), dtype=dtype, device=device)
+            if periodic:
+                box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
+                positions = positions.unsqueeze(0).requires_grad_(True)
+                energy = energy_fn(positions, torch.tensor(np.asarray(box), dtype=dtype, device=device).unsqueeze(0))
+                energy = energy.sum()
+            else:
+                positions = positions.reshape(-1, n_beads, 3).requires_grad_(True)
+                energy = energy_fn(positions).sum()
             (grad,) = torch.autograd.grad(energy, positions)
             return float(energy.detach()), (-grad).reshape(-1, 3).detach().cpu().numpy().astype(np.float64)
 

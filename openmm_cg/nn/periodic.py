@@ -1,0 +1,90 @@
+"""The CG potential of a periodic system (a liquid of R copies of an n-bead molecule), one module for
+training and (scripted) for export, like ``CGPotentialModule`` for single molecules.
+
+Neighbors are searched inside the module on every call (``neighbor_pairs``: minimum image, cell
+list), so the exported file needs only the box that TorchForce passes once
+``setUsesPeriodicBoundaryConditions(True)`` is set, and works for any box and particle count.
+"""
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from ..priors.pair import PairPriorParameters, PairRepulsion
+from .neighbors import neighbor_pairs
+from .schnet import CGSchNet, SchNetConfig
+
+
+class PeriodicCGPotentialModule(nn.Module):
+    """E(positions (R*n, 3) nm, box (3, 3) nm) in kJ/mol; ``energy_batch((B, N, 3), (B, 3, 3))`` -> (B,)."""
+
+    def __init__(self, bead_types, pair_prior: Optional[PairPriorParameters], schnet_config: Optional[SchNetConfig],
+                 n_types: Optional[int] = None, energy_scale_kJ_per_mol: float = 1.0):
+        super().__init__()
+        bead_types = torch.as_tensor(bead_types, dtype=torch.long)
+        self.n_beads = int(bead_types.numel())
+        self.register_buffer("bead_types", bead_types)
+        self.register_buffer("dtype_probe", torch.zeros(0))
+        self.has_prior = pair_prior is not None
+        self.has_network = schnet_config is not None
+        if not (self.has_prior or self.has_network):
+            raise ValueError("a periodic potential needs a pair prior, a network, or both")
+        # Placeholders keep TorchScript's attribute types fixed when one part is absent.
+        self.prior = PairRepulsion(pair_prior if pair_prior is not None else PairPriorParameters(0.0, 12.0, 1.0))
+        n_types = n_types if n_types is not None else int(bead_types.max()) + 1
+        config = schnet_config if schnet_config is not None else SchNetConfig(n_features=1, n_interactions=0, n_rbf=1)
+        self.network = CGSchNet(config, n_types, energy_scale_kJ_per_mol)
+        cutoffs = ([pair_prior.cutoff_nm] if pair_prior is not None else []) + \
+                  ([schnet_config.cutoff_nm] if schnet_config is not None else [])
+        self.cutoff_nm = float(max(cutoffs))
+
+    def _graph(self, positions: torch.Tensor, boxes: torch.Tensor):
+        """Neighbor pairs of all frames as one graph of B*N beads (pairs offset by frame)."""
+        n_frames, n_total = positions.shape[0], positions.shape[1]
+        pair_list: List[torch.Tensor] = []
+        vector_list: List[torch.Tensor] = []
+        for frame in range(n_frames):
+            pairs, vectors = neighbor_pairs(positions[frame], boxes[frame], self.cutoff_nm)
+            pair_list.append(pairs + frame * n_total)
+            vector_list.append(vectors)
+        return torch.cat(pair_list), torch.cat(vector_list)
+
+    def _check(self, positions: torch.Tensor, boxes: torch.Tensor):
+        if positions.dim() != 3 or positions.shape[2] != 3 or positions.shape[1] % self.n_beads != 0:
+            raise ValueError("openmm-cg: positions must be (frames, n_molecules * n_beads, 3); the particle count is "
+                             "not a multiple of this model's bead count " + str(self.n_beads))
+        if boxes.dim() != 3 or boxes.shape[0] != positions.shape[0] or boxes.shape[1] != 3 or boxes.shape[2] != 3:
+            raise ValueError("openmm-cg: boxes must be (frames, 3, 3), one box per frame")
+
+    @torch.jit.export
+    def energy_parts(self, positions: torch.Tensor, boxes: torch.Tensor):
+        """(prior (B,), network (B,)) energies in kJ/mol."""
+        x = positions.to(self.dtype_probe.dtype)
+        b = boxes.to(self.dtype_probe.dtype)
+        self._check(x, b)
+        n_frames, n_total = x.shape[0], x.shape[1]
+        pairs, vectors = self._graph(x, b)
+        prior = torch.zeros(n_frames, dtype=x.dtype, device=x.device)
+        network = torch.zeros(n_frames, dtype=x.dtype, device=x.device)
+        if self.has_prior:
+            pair_energy = self.prior(torch.linalg.vector_norm(vectors, dim=1))
+            prior = prior.index_add(0, torch.div(pairs[:, 0], n_total, rounding_mode="floor"), pair_energy)
+        if self.has_network:
+            types = self.bead_types.repeat(n_frames * n_total // self.n_beads)
+            network = self.network.bead_energies(vectors.unsqueeze(0), types, pairs).reshape(n_frames, n_total).sum(1)
+        return prior, network
+
+    @torch.jit.export
+    def network_energy(self, positions: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        return self.energy_parts(positions, boxes)[1].to(positions.dtype)
+
+    @torch.jit.export
+    def energy_batch(self, positions: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        prior, network = self.energy_parts(positions, boxes)
+        return (prior + network).to(positions.dtype)
+
+    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if box is None:
+            raise ValueError("openmm-cg: this is a periodic model and needs box vectors: the System must be periodic "
+                             "and the TorchForce must have setUsesPeriodicBoundaryConditions(True)")
+        return self.energy_batch(positions.unsqueeze(0), box.unsqueeze(0)).sum()
