@@ -10,7 +10,7 @@ Large boxes use a cell list in fractional coordinates (cells at least one cutoff
 box direction, 27 neighbor cells), so the cost grows linearly with the number of beads; boxes
 fewer than 3 cells across use all pairs, where the cell list saves nothing.
 """
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 
@@ -49,30 +49,57 @@ def minimum_image(delta: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
     return delta - shift
 
 
-def _all_pairs(n: int, device: torch.device) -> torch.Tensor:
-    return torch.triu_indices(n, n, offset=1, device=device)
+def _half_shell(device: torch.device) -> torch.Tensor:
+    """The own cell and the 13 neighbor offsets whose first nonzero component is positive (14, 3)."""
+    offsets = torch.stack(torch.meshgrid([torch.arange(-1, 2, device=device)] * 3, indexing="ij"), -1).reshape(27, 3)
+    weights = torch.tensor([9, 3, 1], device=device)
+    return offsets[(offsets * weights).sum(1) >= 0]
 
 
-def _cell_list_candidates(fractional: torch.Tensor, n_cells: torch.Tensor) -> torch.Tensor:
-    """(2, C) candidate pairs (i < j) of beads in the same or adjacent cells, periodic."""
+def _cell_list_pairs(x: torch.Tensor, box: torch.Tensor, fractional: torch.Tensor, cell_image: torch.Tensor,
+                     n_cells: torch.Tensor, cutoff_nm: float, chunk: int = 4096) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pairs (P, 2) closer than the cutoff and their shifts (P, 3) such that r_j - r_i + shift is the minimum image.
+
+    ``fractional`` is wrapped into [0, 1) and ``cell_image`` is what was subtracted. Each pair of cells
+    is visited once (half shell; the own cell only for j after i), so with at least 3 cells per
+    direction every close pair appears exactly once, with its image given by the cell offset: no
+    rounding, no duplicates. Candidates are generated for ``chunk`` beads at a time, so the working
+    memory stays constant and the cost grows linearly with the number of beads.
+    """
     n = fractional.shape[0]
     device = fractional.device
     cell3 = torch.minimum((fractional * n_cells).long(), n_cells - 1)
     strides = torch.stack([n_cells[1] * n_cells[2], n_cells[2], torch.ones_like(n_cells[2])])
+    order = torch.argsort((cell3 * strides).sum(1))
+    cell3 = cell3[order]  # from here on beads are in cell order: each cell is a contiguous range
+    xs = x[order]
+    images_s = cell_image[order].long()
     cell_id = (cell3 * strides).sum(1)
-    n_total = int(n_cells.prod())
-    order = torch.argsort(cell_id)
-    counts = torch.bincount(cell_id, minlength=n_total)
+    counts = torch.bincount(cell_id, minlength=int(n_cells.prod()))
     starts = torch.cumsum(counts, 0) - counts
-    offsets = torch.stack(torch.meshgrid([torch.arange(-1, 2, device=device)] * 3, indexing="ij"), -1).reshape(27, 3)
-    neighbor_cells = (((cell3.unsqueeze(1) + offsets.unsqueeze(0)) % n_cells) * strides).sum(-1).reshape(-1)
-    per_slot = counts[neighbor_cells]
-    i = torch.repeat_interleave(torch.arange(n, device=device).repeat_interleave(27), per_slot)
-    slot_start = torch.repeat_interleave(torch.cumsum(per_slot, 0) - per_slot, per_slot)
-    within = torch.arange(i.shape[0], device=device) - slot_start
-    j = order[torch.repeat_interleave(starts[neighbor_cells], per_slot) + within]
-    keep = i < j
-    return torch.stack([i[keep], j[keep]])
+    shell = _half_shell(device)
+    pair_chunks: List[torch.Tensor] = []
+    shift_chunks: List[torch.Tensor] = []
+    for first in range(0, n, chunk):
+        own = torch.arange(first, min(n, first + chunk), device=device)
+        target = cell3[own].unsqueeze(1) + shell.unsqueeze(0)  # (chunk, 14, 3)
+        image = torch.div(target, n_cells, rounding_mode="floor")
+        target_id = ((target - image * n_cells) * strides).sum(-1)
+        begin = starts[target_id]
+        size = counts[target_id]
+        begin[:, 0] = own + 1  # own cell: only beads after this one
+        size[:, 0] = starts[cell_id[own]] + counts[cell_id[own]] - own - 1
+        size = size.reshape(-1)
+        i = torch.repeat_interleave(own.repeat_interleave(shell.shape[0]), size)
+        slot_begin = torch.repeat_interleave(torch.cumsum(size, 0) - size, size)
+        j = torch.repeat_interleave(begin.reshape(-1), size) + torch.arange(i.shape[0], device=device) - slot_begin
+        # integer multiples of the box vectors, exact, then one product with the box
+        images = torch.repeat_interleave(image.reshape(-1, 3), size, dim=0) - images_s[j] + images_s[i]
+        shift = images.to(x.dtype) @ box
+        close = torch.linalg.vector_norm(xs[j] - xs[i] + shift, dim=1) < cutoff_nm
+        pair_chunks.append(torch.stack([order[i[close]], order[j[close]]], 1))
+        shift_chunks.append(shift[close])
+    return torch.cat(pair_chunks), torch.cat(shift_chunks)
 
 
 def neighbor_pairs(positions: torch.Tensor, box: torch.Tensor, cutoff_nm: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -81,17 +108,23 @@ def neighbor_pairs(positions: torch.Tensor, box: torch.Tensor, cutoff_nm: float)
     Indices carry no gradient; the vectors are differentiable with respect to ``positions``.
     """
     check_box(box, cutoff_nm)
+    box = box.to(positions.dtype)
     with torch.no_grad():
         x = positions.detach()
-        fractional = x @ torch.linalg.inv(box.to(x.dtype))
-        fractional = fractional - torch.floor(fractional)
-        n_cells = torch.clamp(torch.floor(box_heights(box.to(x.dtype)) / cutoff_nm), min=1.0).long()
+        fractional = x @ torch.linalg.inv(box)
+        cell_image = torch.floor(fractional)  # bead k sits at x_k - cell_image_k @ box inside the box
+        fractional = fractional - cell_image
+        n_cells = torch.clamp(torch.floor(box_heights(box) / cutoff_nm), min=1.0).long()
         if bool((n_cells < 3).any()):
-            candidates = _all_pairs(x.shape[0], x.device)
+            pairs = torch.triu_indices(x.shape[0], x.shape[0], offset=1, device=x.device).T
+            raw = x[pairs[:, 1]] - x[pairs[:, 0]]
+            delta = minimum_image(raw, box)
+            close = torch.linalg.vector_norm(delta, dim=1) < cutoff_nm
+            pairs, shift = pairs[close], (delta - raw)[close]
         else:
-            candidates = _cell_list_candidates(fractional, n_cells)
-        delta = minimum_image(x[candidates[1]] - x[candidates[0]], box.to(x.dtype))
-        close = torch.linalg.vector_norm(delta, dim=1) < cutoff_nm
-        pairs = candidates[:, close].T.contiguous()
-    vectors = minimum_image(positions[pairs[:, 1]] - positions[pairs[:, 0]], box.to(positions.dtype))
-    return pairs, vectors
+            pairs, shift = _cell_list_pairs(x, box, fractional, cell_image, n_cells, cutoff_nm)
+        flip = pairs[:, 0] > pairs[:, 1]
+        pairs = torch.where(flip.unsqueeze(1), pairs.flip(1), pairs)
+        shift = torch.where(flip.unsqueeze(1), -shift, shift)
+    vectors = positions[pairs[:, 1]] - positions[pairs[:, 0]] + shift
+    return pairs.contiguous(), vectors
