@@ -1,0 +1,134 @@
+"""Cost of one CG step of a periodic liquid model in OpenMM versus system size.
+
+    python benchmarks/liquid_scaling.py
+
+One-bead methanol at its liquid density (14.85 beads/nm^3) in cubic boxes of 1k, 8k and 64k beads;
+the exported periodic model (pair prior + CGSchNet, neighbor search inside the model) runs through
+TorchForce with periodic boundary conditions on the CPU platform. The cost does not depend on the
+weights, so an untrained model of the liquid architecture is timed unless --model names one.
+Writes benchmarks/results/liquid_scaling.json: ms per step, ms per step per 1000 beads, and the
+growth of the per-bead cost from 8k to 64k beads (target < 1.5: linear scaling), plus the
+neighbor search alone (cell list) against all pairs at the smallest size as the in-run baseline.
+"""
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+METHANOL_BEADS_PER_NM3 = 14.85  # 0.79 g/cm^3, 32.04 g/mol
+
+
+def liquid_positions(n_beads: int, seed: int = 0):
+    """A jittered simple-cubic lattice at the liquid density: (positions nm (n, 3), box nm (3, 3))."""
+    per_side = int(round(n_beads ** (1 / 3)))
+    if per_side ** 3 != n_beads:
+        raise ValueError("n_beads must be a cube number")
+    spacing = METHANOL_BEADS_PER_NM3 ** (-1 / 3)
+    grid = np.stack(np.meshgrid(*[np.arange(per_side)] * 3, indexing="ij"), -1).reshape(-1, 3) * spacing
+    jitter = np.random.default_rng(seed).uniform(-0.05, 0.05, grid.shape)
+    return grid + jitter, np.eye(3) * per_side * spacing
+
+
+def build_model(path: Path, args):
+    from openmm_cg.export import export_model, model_metadata
+    from openmm_cg.nn.periodic import PeriodicCGPotentialModule
+    from openmm_cg.nn.schnet import SchNetConfig
+    from openmm_cg.priors.pair import PairPriorParameters
+
+    config = SchNetConfig(n_features=args.features, n_interactions=args.interactions, n_rbf=args.rbf,
+                          cutoff_nm=args.cutoff_nm)
+    prior = PairPriorParameters(c=1e-6, exponent=12.0, cutoff_nm=0.5)
+    module = PeriodicCGPotentialModule([0], prior, config)
+    bead = {"bead_names": ["MOH"], "bead_types": [0], "type_names": ["MOH"], "masses_amu": [32.042],
+            "cg_topology": {"chains": [{"id": "A", "residues": [{"name": "MOH", "id": "1", "atoms": [
+                {"name": "MOH", "element": None}]}]}], "bonds": []}}
+    return export_model(module, model_metadata(module, bead, prior, config, [300.0], "untrained"), path)
+
+
+def ms_per_step(potential, n_beads: int, n_steps: int, threads: int) -> float:
+    from openmm import Context, LangevinMiddleIntegrator, Platform, unit
+
+    positions, box = liquid_positions(n_beads)
+    system = potential.createSystem(potential.topology(n_beads, box_vectors_nm=box))
+    integrator = LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.002 * unit.picosecond)
+    context = Context(system, integrator, Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
+    context.setPositions(positions)
+    integrator.step(2)
+    start = time.perf_counter()
+    integrator.step(n_steps)
+    context.getState(getEnergy=True)
+    return (time.perf_counter() - start) / n_steps * 1e3
+
+
+def neighbor_search_ms(n_beads: int, cutoff_nm: float, repeats: int = 3) -> dict:
+    import torch
+
+    from openmm_cg.nn.neighbors import minimum_image, neighbor_pairs
+
+    positions, box = liquid_positions(n_beads)
+    x, b = torch.tensor(positions, dtype=torch.float32), torch.tensor(box, dtype=torch.float32)
+    search = torch.jit.script(neighbor_pairs)
+    search(x, b, cutoff_nm)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        pairs, _ = search(x, b, cutoff_nm)
+    cell_list = (time.perf_counter() - start) / repeats * 1e3
+    start = time.perf_counter()
+    for _ in range(repeats):
+        i, j = torch.triu_indices(n_beads, n_beads, offset=1)
+        close = torch.linalg.vector_norm(minimum_image(x[j] - x[i], b), dim=1) < cutoff_nm
+    all_pairs = (time.perf_counter() - start) / repeats * 1e3
+    assert int(close.sum()) == len(pairs)
+    return {"cell_list_ms": cell_list, "all_pairs_ms": all_pairs, "pairs": len(pairs)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="an exported periodic model (default: untrained liquid architecture)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 8000, 64000])
+    parser.add_argument("--steps", type=int, nargs="+", default=[20, 5, 2], help="timed steps per size")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--interactions", type=int, default=3)
+    parser.add_argument("--rbf", type=int, default=32)
+    parser.add_argument("--cutoff-nm", type=float, default=0.8)
+    parser.add_argument("--out", default=str(HERE / "results" / "liquid_scaling.json"))
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from openmm_cg.machine import machine_info
+    from openmm_cg.simulation.potential import CGPotential
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(args.model) if args.model else build_model(Path(tmp) / "liquid.pt", args)
+        potential = CGPotential.load(path)
+        timings = {n: ms_per_step(potential, n, steps, args.threads) for n, steps in zip(args.sizes, args.steps)}
+    per_bead = {n: ms / n * 1000 for n, ms in timings.items()}
+    result = {
+        "machine": machine_info(),
+        "model": args.model or {"architecture": "cgschnet (untrained: cost does not depend on weights)",
+                                "n_features": args.features, "n_interactions": args.interactions,
+                                "n_rbf": args.rbf, "cutoff_nm": args.cutoff_nm, "pair_prior": True},
+        "platform": "CPU", "threads": args.threads, "density_beads_per_nm3": METHANOL_BEADS_PER_NM3,
+        "ms_per_step": {str(n): ms for n, ms in timings.items()},
+        "ms_per_step_per_1000_beads": {str(n): v for n, v in per_bead.items()},
+        "neighbor_search_1000_beads": neighbor_search_ms(args.sizes[0], args.cutoff_nm),
+        "peak_memory_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if 8000 in per_bead and 64000 in per_bead:
+        result["per_bead_cost_growth_8k_to_64k"] = per_bead[64000] / per_bead[8000]
+        result["target_growth_below_1_5"] = result["per_bead_cost_growth_8k_to_64k"] < 1.5
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
