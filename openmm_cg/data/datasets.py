@@ -2,7 +2,8 @@
 
 A CG dataset holds mapped positions (nm) and forces (kJ/mol/nm) of every frame, the index of the
 trajectory each frame came from (training splits by trajectory, never by frame, since neighbouring
-frames are correlated), the state point, and the mapping that made it.
+frames are correlated), the state point, the mapping that made it, and for periodic systems the box
+vectors of every frame (rows a, b, c in nm, OpenMM's reduced form).
 """
 import json
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class AATrajectory:
     temperature_K: float
     name: str
     metadata: dict = field(default_factory=dict)
+    box_vectors_nm: Optional[np.ndarray] = None  # (frames, 3, 3) for periodic systems
 
 
 def read_reference(path) -> AATrajectory:
@@ -45,7 +47,10 @@ def read_reference(path) -> AATrajectory:
         positions = h5["positions"][:n_done]
         forces = h5["forces"][:n_done]
         topology = topology_from_json(h5.attrs["topology_json"])
-    return AATrajectory(positions, forces, topology, float(metadata["temperature_K"]), path.stem, metadata)
+        boxes = h5["box_vectors"][:n_done] if "box_vectors" in h5 else None
+    if metadata.get("periodic") and boxes is None:
+        raise InputError(f"{path} is from a periodic system but holds no box vectors")
+    return AATrajectory(positions, forces, topology, float(metadata["temperature_K"]), path.stem, metadata, boxes)
 
 
 def read_user_trajectory(trajectory_path, topology_path, forces_path, temperature_K: float,
@@ -79,6 +84,11 @@ class CGDataset:
     mapping: CGMapping
     trajectory_names: List[str]
     source_metadata: dict = field(default_factory=dict)
+    box_vectors_nm: Optional[np.ndarray] = None  # (frames, 3, 3); None for non-periodic systems
+
+    @property
+    def periodic(self) -> bool:
+        return self.box_vectors_nm is not None
 
     @property
     def n_frames(self) -> int:
@@ -90,7 +100,8 @@ class CGDataset:
     def select_trajectories(self, trajectory_ids: Sequence[int]) -> "CGDataset":
         keep = np.isin(self.trajectory_index, np.asarray(trajectory_ids))
         return CGDataset(self.positions_nm[keep], self.forces_kJ_per_mol_nm[keep], self.trajectory_index[keep],
-                         self.temperature_K, self.mapping, self.trajectory_names, self.source_metadata)
+                         self.temperature_K, self.mapping, self.trajectory_names, self.source_metadata,
+                         None if self.box_vectors_nm is None else self.box_vectors_nm[keep])
 
     def save(self, path, overwrite: bool = False) -> Path:
         import h5py
@@ -101,6 +112,8 @@ class CGDataset:
             h5.create_dataset("positions", data=self.positions_nm, compression="gzip", compression_opts=1)
             h5.create_dataset("forces", data=self.forces_kJ_per_mol_nm, compression="gzip", compression_opts=1)
             h5.create_dataset("trajectory_index", data=self.trajectory_index)
+            if self.box_vectors_nm is not None:
+                h5.create_dataset("box_vectors", data=self.box_vectors_nm)
             h5.attrs["kind"] = "cg_dataset"
             h5.attrs["temperature_K"] = self.temperature_K
             h5.attrs["mapping_json"] = json.dumps(self.mapping.to_dict())
@@ -128,6 +141,7 @@ class CGDataset:
                 mapping=CGMapping.from_dict(json.loads(h5.attrs["mapping_json"])),
                 trajectory_names=json.loads(h5.attrs["trajectory_names"]),
                 source_metadata=json.loads(h5.attrs["source_metadata"]),
+                box_vectors_nm=h5["box_vectors"][:] if "box_vectors" in h5 else None,
             )
 
 
@@ -145,7 +159,12 @@ def build_cg_dataset(trajectories: Sequence[AATrajectory], mapping: CGMapping, s
                          "build one dataset per state point")
     if system is not None:
         mapping.check_constraints(system)
-    positions, forces, index, names = [], [], [], []
+    with_box = [t.box_vectors_nm is not None for t in trajectories]
+    periodic = any(with_box) or any(t.metadata.get("periodic") for t in trajectories)
+    if periodic and not all(with_box):
+        missing = [t.name for t, has in zip(trajectories, with_box) if not has]
+        raise InputError(f"a periodic mapping needs the box vectors of every frame; {missing} hold none")
+    positions, forces, index, names, boxes = [], [], [], [], []
     for k, trajectory in enumerate(trajectories):
         n_atoms = trajectory.topology.getNumAtoms()
         if n_atoms != mapping.n_atoms:
@@ -154,13 +173,34 @@ def build_cg_dataset(trajectories: Sequence[AATrajectory], mapping: CGMapping, s
             raise InputError(f"{trajectory.name} holds no frames")
         cg_x, cg_f = map_and_check(mapping, trajectory.positions_nm, trajectory.forces_kJ_per_mol_nm,
                                    bonds_array(trajectory.topology), trajectory.name)
+        if periodic:
+            boxes.append(check_boxes(trajectory.box_vectors_nm, len(cg_x), trajectory.name))
         positions.append(cg_x.astype(np.float32))
         forces.append(cg_f.astype(np.float32))
         index.append(np.full(len(cg_x), k, dtype=np.int32))
         names.append(trajectory.name)
     source = {t.name: t.metadata for t in trajectories}
     return CGDataset(np.concatenate(positions), np.concatenate(forces), np.concatenate(index),
-                     temperatures.pop(), mapping, names, source)
+                     temperatures.pop(), mapping, names, source, np.concatenate(boxes) if periodic else None)
+
+
+def check_boxes(box_vectors_nm: np.ndarray, n_frames: int, what: str) -> np.ndarray:
+    """Box vectors (frames, 3, 3) in OpenMM's reduced form (a along x, b in the xy plane, |b_x| <= a_x/2, ...)."""
+    boxes = np.asarray(box_vectors_nm, dtype=np.float64)
+    if boxes.shape != (n_frames, 3, 3):
+        raise InputError(f"{what}: box vectors have shape {boxes.shape}, expected ({n_frames}, 3, 3)")
+    if not np.isfinite(boxes).all():
+        raise InputError(f"{what}: NaN/Inf in the box vectors")
+    upper = boxes[:, [0, 0, 1], [1, 2, 2]]
+    diagonal = boxes[:, [0, 1, 2], [0, 1, 2]]
+    reduced = (np.abs(upper) < 1e-6).all(axis=1) & (diagonal > 0).all(axis=1) \
+        & (np.abs(boxes[:, 1, 0]) <= 0.5 * diagonal[:, 0] + 1e-6) \
+        & (np.abs(boxes[:, 2, 0]) <= 0.5 * diagonal[:, 0] + 1e-6) & (np.abs(boxes[:, 2, 1]) <= 0.5 * diagonal[:, 1] + 1e-6)
+    if not reduced.all():
+        bad = np.flatnonzero(~reduced)
+        raise InputError(f"{what}: box vectors of frames {bad[:10].tolist()} are not in OpenMM's reduced form "
+                         "(a along x, b in the xy plane, off-diagonal terms at most half the diagonal)")
+    return boxes
 
 
 def trajectory_split(dataset: CGDataset, validation_fraction: float, seed: int):

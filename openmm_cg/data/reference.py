@@ -10,6 +10,11 @@ constrained hydrogen to its heavy atom's bead, so the equal-and-opposite constra
 each X-H bond cancel inside the bead and the mapped potential force is the mapped total force.
 ``openmm_cg.mapping.CGMapping.check_constraints`` refuses a mapping for which this does not hold.
 With ``constraints="none"`` there is nothing to cancel, at the price of a 1 fs step.
+
+Periodic liquids: with ``pressure_bar`` set, each seed is first equilibrated at constant pressure
+(``MonteCarloBarostat``); the box is then set to the mean box of the second half of that run (molecule
+centres scaled, molecules kept rigid) and the production run is NVT at that density, so the saved forces
+belong to one fixed box per seed. Box vectors are saved with every frame of a periodic system.
 """
 import json
 import os
@@ -27,6 +32,9 @@ from ..topology import topology_to_json
 from .. import __version__
 
 H5_METADATA_KEY = "openmm_cg_metadata"
+# Largest relative change of the mean volume between the last two quarters of NPT equilibration that
+# counts as equilibrated (fluctuations of a 125-molecule box are about 1%; a compressing box drifts more).
+NPT_VOLUME_DRIFT_TOLERANCE = 0.01
 _CONSTRAINTS = {"none": None, "hbonds": app.HBonds, "allbonds": app.AllBonds, "hangles": app.HAngles}
 
 
@@ -49,6 +57,9 @@ class ReferenceConfig:
     platform: str = "CPU"
     threads_per_seed: int = 1
     chunk_frames: int = 500
+    pressure_bar: Optional[float] = None  # NPT equilibration to the system's own density, then NVT
+    npt_equilibration_steps: int = 0
+    barostat_interval_steps: int = 25
 
     def validate(self) -> None:
         if (self.testsystem is None) == (self.pdb is None and self.prmtop is None):
@@ -64,6 +75,8 @@ class ReferenceConfig:
             raise InputError("temperature, timestep and save interval must be positive")
         if len(set(self.seeds)) != len(self.seeds):
             raise InputError(f"seeds must be distinct, got {self.seeds}")
+        if self.pressure_bar is not None and (self.pressure_bar <= 0 or self.npt_equilibration_steps < 2):
+            raise InputError("NPT equilibration needs a positive pressure_bar and npt_equilibration_steps >= 2")
 
     @property
     def save_interval_ps(self) -> float:
@@ -130,12 +143,16 @@ def _metadata(config: ReferenceConfig, seed: int, system, topology) -> dict:
         "openmm_cg_version": __version__,
         "openmm_version": openmm.__version__,
         "n_atoms": topology.getNumAtoms(),
+        "periodic": bool(system.usesPeriodicBoundaryConditions()),
+        "pressure_bar": config.pressure_bar,
+        "npt_equilibration_steps": config.npt_equilibration_steps if config.pressure_bar is not None else 0,
+        "ensemble": "NVT" if config.pressure_bar is None else "NVT at the mean NPT box",
     }
 
 
 # Keys that must agree between an existing file and the config that resumes it.
 _RESUME_KEYS = ("source", "temperature_K", "timestep_ps", "friction_per_ps", "constraints",
-                "save_interval_steps", "seed", "n_atoms")
+                "save_interval_steps", "seed", "n_atoms", "pressure_bar")
 
 
 def seed_path(out_dir, seed: int) -> Path:
@@ -153,6 +170,15 @@ def run_seed(config: ReferenceConfig, out_dir, seed: int, progress_position: int
     metadata = _metadata(config, seed, system, topology)
     n_atoms = topology.getNumAtoms()
 
+    periodic = system.usesPeriodicBoundaryConditions()
+    barostat = None
+    if config.pressure_bar is not None:
+        if not periodic:
+            raise InputError("pressure_bar needs a periodic system (a box); this source has none")
+        barostat = openmm.MonteCarloBarostat(config.pressure_bar * unit.bar, config.temperature_K * unit.kelvin,
+                                             config.barostat_interval_steps)
+        barostat.setRandomNumberSeed(seed + 1)
+        system.addForce(barostat)
     integrator = openmm.LangevinMiddleIntegrator(
         config.temperature_K * unit.kelvin, config.friction_per_ps / unit.picosecond, config.timestep_ps * unit.picosecond
     )
@@ -160,10 +186,9 @@ def run_seed(config: ReferenceConfig, out_dir, seed: int, progress_position: int
     integrator.setRandomNumberSeed(seed + 1)
     platform = openmm.Platform.getPlatformByName(config.platform)
     properties = {"Threads": str(config.threads_per_seed)} if config.platform == "CPU" else {}
-    context = openmm.Context(system, integrator, platform, properties)
 
     with h5py.File(path, "a") as h5:
-        if H5_METADATA_KEY in h5.attrs:
+        if H5_METADATA_KEY in h5.attrs and "checkpoint" in h5:
             existing = json.loads(h5.attrs[H5_METADATA_KEY])
             mismatched = [k for k in _RESUME_KEYS if existing.get(k) != metadata[k]]
             if mismatched:
@@ -172,10 +197,16 @@ def run_seed(config: ReferenceConfig, out_dir, seed: int, progress_position: int
                     "untouched: use another output folder or delete the file"
                 )
             metadata["frames_target"] = max(config.frames_per_seed, existing.get("frames_target", 0))
+            metadata["npt"] = existing.get("npt")
+            if barostat is not None:
+                barostat.setFrequency(0)  # NPT equilibration is done; production is NVT
+            context = openmm.Context(system, integrator, platform, properties)
             n_done = int(h5.attrs["n_frames_done"])
             _truncate(h5, n_done)
             _restore(context, h5, config.platform)
         else:
+            for name in list(h5.keys()):  # an earlier start stopped before its first chunk: begin again
+                del h5[name]
             h5.attrs["topology_json"] = topology_to_json(topology)
             h5.attrs["n_frames_done"] = 0
             for name, shape in (("positions", (n_atoms, 3)), ("forces", (n_atoms, 3))):
@@ -183,10 +214,16 @@ def run_seed(config: ReferenceConfig, out_dir, seed: int, progress_position: int
                                   chunks=(min(config.chunk_frames, 1000),) + shape)
             for name in ("time_ps", "potential_energy_kJ_per_mol"):
                 h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype="f8")
+            if periodic:
+                h5.create_dataset("box_vectors", shape=(0, 3, 3), maxshape=(None, 3, 3), dtype="f8",
+                                  chunks=(min(config.chunk_frames, 1000), 3, 3))
             n_done = 0
+            context = openmm.Context(system, integrator, platform, properties)
             context.setPositions(positions_nm)
             openmm.LocalEnergyMinimizer.minimize(context)
             context.setVelocitiesToTemperature(config.temperature_K * unit.kelvin, seed + 1)
+            if barostat is not None:
+                metadata["npt"] = equilibrate_npt(context, integrator, barostat, system, config, seed)
             integrator.step(config.equilibration_steps)
             context.setTime(0.0)
         h5.attrs[H5_METADATA_KEY] = json.dumps(metadata)
@@ -198,7 +235,7 @@ def run_seed(config: ReferenceConfig, out_dir, seed: int, progress_position: int
                   unit="frame", position=progress_position, leave=True) as bar:
             while n_done < target:
                 n_chunk = min(config.chunk_frames, target - n_done)
-                chunk = _sample_chunk(context, integrator, config.save_interval_steps, n_chunk, n_atoms)
+                chunk = _sample_chunk(context, integrator, config.save_interval_steps, n_chunk, n_atoms, periodic)
                 _append(h5, chunk)
                 # The checkpoint and the frame count are written after the frames: a crash in
                 # between leaves extra frames that the next resume truncates.
@@ -210,11 +247,66 @@ def run_seed(config: ReferenceConfig, out_dir, seed: int, progress_position: int
     return path
 
 
-def _sample_chunk(context, integrator, stride: int, n_frames: int, n_atoms: int) -> dict:
+def equilibrate_npt(context, integrator, barostat, system, config: ReferenceConfig, seed: int) -> dict:
+    """Run NPT, then set the box to the mean box of the second half of the run and switch the barostat off.
+
+    Molecule centres (not atoms) are scaled to the mean box, as the barostat's own moves do, so bonds
+    keep their lengths. Returns the equilibration record stored in the metadata.
+    """
+    from tqdm.auto import tqdm
+
+    n_samples = max(2, config.npt_equilibration_steps // config.barostat_interval_steps)
+    stride = max(1, config.npt_equilibration_steps // n_samples)
+    boxes = []
+    for _ in tqdm(range(n_samples), desc=f"NPT equilibration seed {seed}", unit="sample", leave=False):
+        integrator.step(stride)
+        state = context.getState()
+        boxes.append(np.array(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)))
+    boxes = np.array(boxes)
+    volumes = np.linalg.det(boxes)
+    quarter = len(volumes) // 4
+    if quarter >= 1:
+        drift = abs(volumes[-quarter:].mean() / volumes[-2 * quarter:-quarter].mean() - 1)
+        if drift > NPT_VOLUME_DRIFT_TOLERANCE:
+            raise InputError(
+                f"seed {seed}: the NPT volume still changes by {100 * drift:.1f}% between the last two quarters of "
+                f"{config.npt_equilibration_steps} steps (from {volumes[0]:.3f} to {volumes[-1]:.3f} nm^3): "
+                "raise npt_equilibration_steps"
+            )
+    second_half = boxes[len(boxes) // 2:]
+    mean_box = second_half.mean(axis=0)
+    state = context.getState(getPositions=True)
+    positions = np.array(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    current_box = np.array(state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer))
+    # Fractional coordinates of each molecule's centre are kept; the molecule moves rigidly with it.
+    masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
+    scale = np.linalg.solve(current_box, mean_box)  # row-vector convention: x_new = x_frac @ mean_box
+    for molecule in context.getMolecules():
+        molecule = list(molecule)
+        centre = masses[molecule] @ positions[molecule] / masses[molecule].sum()
+        positions[molecule] += centre @ scale - centre
+    barostat.setFrequency(0)
+    context.reinitialize(preserveState=True)
+    context.setPeriodicBoxVectors(*mean_box)
+    context.setPositions(positions)
+    total_mass_g = masses.sum() / 6.02214076e23
+    mean_volume_nm3 = float(np.linalg.det(mean_box))
+    return {
+        "pressure_bar": config.pressure_bar,
+        "steps": config.npt_equilibration_steps,
+        "volume_nm3_second_half_mean": float(volumes[len(volumes) // 2:].mean()),
+        "volume_nm3_second_half_std": float(volumes[len(volumes) // 2:].std()),
+        "production_box_nm": mean_box.tolist(),
+        "production_density_g_per_mL": total_mass_g / (mean_volume_nm3 * 1e-21),
+    }
+
+
+def _sample_chunk(context, integrator, stride: int, n_frames: int, n_atoms: int, periodic: bool = False) -> dict:
     positions = np.empty((n_frames, n_atoms, 3), dtype=np.float32)
     forces = np.empty((n_frames, n_atoms, 3), dtype=np.float32)
     time_ps = np.empty(n_frames)
     energy = np.empty(n_frames)
+    boxes = np.empty((n_frames, 3, 3))
     for k in range(n_frames):
         integrator.step(stride)
         state = context.getState(getPositions=True, getForces=True, getEnergy=True)
@@ -222,9 +314,13 @@ def _sample_chunk(context, integrator, stride: int, n_frames: int, n_atoms: int)
         forces[k] = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
         time_ps[k] = state.getTime().value_in_unit(unit.picosecond)
         energy[k] = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        boxes[k] = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
     if not (np.isfinite(forces).all() and np.isfinite(positions).all()):
         raise RuntimeError("the reference simulation produced NaN/Inf; the frames before this chunk are kept")
-    return {"positions": positions, "forces": forces, "time_ps": time_ps, "potential_energy_kJ_per_mol": energy}
+    chunk = {"positions": positions, "forces": forces, "time_ps": time_ps, "potential_energy_kJ_per_mol": energy}
+    if periodic:
+        chunk["box_vectors"] = boxes
+    return chunk
 
 
 def _append(h5, chunk: dict) -> None:
@@ -236,8 +332,8 @@ def _append(h5, chunk: dict) -> None:
 
 
 def _truncate(h5, n_frames: int) -> None:
-    for name in ("positions", "forces", "time_ps", "potential_energy_kJ_per_mol"):
-        if h5[name].shape[0] > n_frames:
+    for name in ("positions", "forces", "time_ps", "potential_energy_kJ_per_mol", "box_vectors"):
+        if name in h5 and h5[name].shape[0] > n_frames:
             h5[name].resize(n_frames, axis=0)
 
 

@@ -316,18 +316,37 @@ MAPPING_PRESETS = {
 }
 
 
+def molecule_com_mapping(topology) -> CGMapping:
+    """One bead per molecule at its centre of mass, every atom's force summed into its molecule's bead.
+
+    Molecules are the connected components of the bond graph; the bead is named after the molecule's
+    residue, and molecules with the same residue name share a bead type.
+    """
+    md_top = _as_mdtraj(topology)
+    molecules = [sorted(atom.index for atom in molecule) for molecule in md_top.find_molecules()]
+    molecules.sort(key=lambda atoms: atoms[0])
+    names = [md_top.atom(atoms[0]).residue.name for atoms in molecules]
+    return build_mapping(topology, molecules, "com", bead_names=names)
+
+
+# Presets whose selections depend on the topology.
+MAPPING_BUILDERS = {"molecule_com": molecule_com_mapping}
+
+
 def mapping_from_spec(topology, spec) -> CGMapping:
     """A mapping from a preset name, a YAML file path, or a dict {method, selections, names?, types?, masses?}."""
     import yaml
     from pathlib import Path
 
+    if isinstance(spec, str) and spec in MAPPING_BUILDERS:
+        return MAPPING_BUILDERS[spec](topology)
     if isinstance(spec, str):
         if spec in MAPPING_PRESETS:
             spec = MAPPING_PRESETS[spec]
         elif Path(spec).is_file():
             spec = yaml.safe_load(Path(spec).read_text())
         else:
-            raise InputError(f"mapping {spec!r} is neither a preset ({sorted(MAPPING_PRESETS)}) nor a YAML file")
+            raise InputError(f"mapping {spec!r} is neither a preset ({sorted(MAPPING_PRESETS) + sorted(MAPPING_BUILDERS)}) nor a YAML file")
     if not isinstance(spec, dict) or "selections" not in spec:
         raise InputError("a mapping spec needs 'selections' (one mdtraj selection or atom list per bead)")
     unknown = set(spec) - {"method", "selections", "names", "types", "masses_amu", "aggregate_hydrogens"}

@@ -11,7 +11,7 @@ import torch
 from ..errors import InputError
 from ..geometry import angles, dihedrals, distances
 from ..units import kT_kJ_per_mol
-from .graph import topology_terms
+from .graph import dihedrals_per_central_bond, topology_terms
 from .terms import PriorParameters
 
 _MIN_COUNT = 5
@@ -119,7 +119,11 @@ def fit_priors(positions_nm: np.ndarray, bonds: np.ndarray, temperature_K: float
         phi = _values(positions_nm, quads, dihedrals)
         fits = [fit_fourier(phi[:, m], kT, n_dihedral_terms) for m in range(len(quads))]
         params.dihedral_quads = quads
-        params.dihedral_k = np.array([f[0] for f in fits]).reshape(-1, n_dihedral_terms)
+        # Dihedrals around one central bond (e.g. C-N-CA-C and C-N-CA-CB) differ by a near-rigid offset,
+        # so each one's Boltzmann inversion is the same torsional PMF: weight each by 1/m so that the
+        # prior counts that PMF once, not m times.
+        weights = 1.0 / dihedrals_per_central_bond(quads)
+        params.dihedral_k = np.array([f[0] * w for f, w in zip(fits, weights)]).reshape(-1, n_dihedral_terms)
         params.dihedral_phase = np.array([f[1] for f in fits]).reshape(-1, n_dihedral_terms)
     if use_repulsion and len(pairs):
         r = _values(positions_nm, pairs, distances)

@@ -44,8 +44,14 @@ def graph_distances(n_beads: int, bonds: np.ndarray) -> np.ndarray:
     return hops
 
 
-def nonbonded_pairs(n_beads: int, bonds: np.ndarray, min_bond_separation: int = 3) -> np.ndarray:
-    """Pairs i<j separated by at least ``min_bond_separation`` bonds (1-2 and 1-3 pairs excluded by default)."""
+def nonbonded_pairs(n_beads: int, bonds: np.ndarray, min_bond_separation: int = 4) -> np.ndarray:
+    """Pairs i<j separated by at least ``min_bond_separation`` bonds.
+
+    1-4 pairs are excluded by default: their distance is a function of the dihedral across the middle
+    bond, so the dihedral prior already describes them, and the onset of their distance distribution is
+    set by geometry, not by a repulsive wall (a wall fitted there would add a second, steep torsional
+    term).
+    """
     hops = graph_distances(n_beads, bonds)
     i, j = np.triu_indices(n_beads, k=1)
     keep = hops[i, j] >= min_bond_separation
@@ -54,3 +60,9 @@ def nonbonded_pairs(n_beads: int, bonds: np.ndarray, min_bond_separation: int = 
 
 def topology_terms(n_beads: int, bonds: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     return angle_triples(n_beads, bonds), dihedral_quads(n_beads, bonds), nonbonded_pairs(n_beads, bonds)
+
+
+def dihedrals_per_central_bond(quads: np.ndarray) -> np.ndarray:
+    """For each quad (i, j, k, l), how many quads share its central bond {j, k}."""
+    central = [tuple(sorted(q[1:3])) for q in np.asarray(quads).reshape(-1, 4).tolist()]
+    return np.array([central.count(bond) for bond in central], dtype=np.int64)
