@@ -329,6 +329,33 @@ def molecule_com_mapping(topology) -> CGMapping:
     return build_mapping(topology, molecules, "com", bead_names=names)
 
 
+def repeat_unit(mapping: CGMapping) -> dict:
+    """The CG description of one molecule of a liquid of identical molecules (bead names, types, masses,
+    topology), as a periodic model stores it; refuses mixtures, which one periodic model cannot describe."""
+    n_beads, types = mapping.n_beads, np.asarray(mapping.bead_types)
+    bonds = np.asarray(mapping.cg_bonds).reshape(-1, 2)
+    for size in range(1, n_beads + 1):
+        unit = np.arange(n_beads) % size
+        if (n_beads % size == 0 and (types[unit] == types).all()
+                and np.allclose(mapping.masses_amu[unit], mapping.masses_amu)
+                and (bonds[:, 0] // size == bonds[:, 1] // size).all()):
+            break
+    molecule_bonds = [[int(i), int(j)] for i, j in bonds if i < size and j < size]
+    if size == n_beads or len(bonds) != len(molecule_bonds) * (n_beads // size):
+        raise InputError("the CG beads are not copies of one molecule: a periodic model needs a liquid of one "
+                         "molecule type (bead types, masses and bonds repeated)")
+    topology = app.Topology()
+    residue = topology.addResidue(mapping.cg_topology_dict["chains"][0]["residues"][0]["name"], topology.addChain())
+    atoms = [topology.addAtom(name, None, residue) for name in mapping.bead_names[:size]]
+    for i, j in molecule_bonds:
+        topology.addBond(atoms[i], atoms[j])
+    return {
+        "bead_names": mapping.bead_names[:size], "bead_types": types[:size].tolist(),
+        "type_names": mapping.type_names, "masses_amu": mapping.masses_amu[:size].tolist(),
+        "cg_topology": topology_to_dict(topology), "n_molecules_in_reference": n_beads // size,
+    }
+
+
 # Presets whose selections depend on the topology.
 MAPPING_BUILDERS = {"molecule_com": molecule_com_mapping}
 

@@ -1,7 +1,7 @@
 """Training configuration: YAML in, dataclasses in memory, the expanded YAML saved next to outputs."""
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Union
 
 import yaml
 
@@ -11,13 +11,19 @@ from ..nn.schnet import SchNetConfig
 
 @dataclass
 class DataConfig:
-    dataset: str = ""
+    # One CG dataset (.h5), or a list of them: one per state point (each carries its temperature).
+    dataset: Union[str, List[str]] = ""
     validation_fraction: float = 0.25
     frame_stride: int = 1
+
+    def paths(self) -> List[str]:
+        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
 
 
 @dataclass
 class PriorConfig:
+    """Molecules: bonds always, the rest as chosen. Liquids (periodic data): ``repulsion`` is the
+    intermolecular pair repulsion fitted at the RDF onset; the other terms do not apply."""
     angles: bool = True
     dihedrals: bool = True
     n_dihedral_terms: int = 3
@@ -56,8 +62,8 @@ class TrainConfig:
     training: OptimConfig = field(default_factory=OptimConfig)
 
     def validate(self) -> None:
-        if not self.data.dataset:
-            raise InputError("training config: data.dataset (a CG dataset .h5) is required")
+        if not self.data.dataset or not all(isinstance(p, str) and p for p in self.data.paths()):
+            raise InputError("training config: data.dataset (a CG dataset .h5, or a list of them) is required")
         if self.model.architecture != "cgschnet":
             raise InputError(f"training config: unknown architecture {self.model.architecture!r} (available: cgschnet)")
         if not 0.0 < self.data.validation_fraction < 1.0:

@@ -4,7 +4,13 @@ The priors are fitted on the training trajectories first; the network is trained
 (delta forces = mapped forces - prior forces), which is the same loss as matching the full model's
 forces to the mapped forces but avoids differentiating the priors at every step. Frames are split
 into training and validation by trajectory.
+
+Several datasets (one per state point, e.g. temperature) may be trained together; each is split by
+its own trajectories, and the priors are fitted on the first one listed. Periodic datasets (liquids)
+train a ``PeriodicCGPotentialModule``: the pair repulsion is fitted at the onset of the training RDF and
+every batch carries its frames' box vectors.
 """
+import hashlib
 import json
 import resource
 import time
@@ -14,12 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..analysis.liquid import max_rdf_range_nm, radial_distribution
 from ..data.datasets import CGDataset, trajectory_split
 from ..errors import InputError, OutputExistsError
 from ..export import export_model, model_metadata
+from ..mapping.cgmap import repeat_unit
+from ..nn.periodic import PeriodicCGPotentialModule
 from ..nn.potential import CGPotentialModule
 from ..outputs import write_json
 from ..priors.fit import fit_priors
+from ..priors.pair import PairPriorParameters, fit_pair_repulsion
 from ..priors.terms import PriorEnergy, PriorParameters
 from .config import TrainConfig, save_config
 
@@ -50,10 +60,10 @@ class ForceMatching(_lightning().LightningModule):
         self.save_hyperparameters(ignore=["model"])
 
     def _loss(self, batch):
-        positions, delta_forces = batch
+        positions, *boxes, delta_forces = batch  # boxes: present for periodic data
         with torch.enable_grad():
             positions = positions.requires_grad_(True)
-            energy = self.model.network_energy(positions)
+            energy = self.model.network_energy(positions, *boxes)
             (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=self.training)
         return ((-grad - delta_forces) ** 2).mean()
 
@@ -91,8 +101,8 @@ class _Throughput(_lightning().Callback):
         self.frames += len(trainer.train_dataloader.dataset)
 
 
-def _loader(positions, forces, batch_size: int, shuffle: bool, seed: int):
-    dataset = torch.utils.data.TensorDataset(torch.as_tensor(positions), torch.as_tensor(forces))
+def _loader(arrays, batch_size: int, shuffle: bool, seed: int):
+    dataset = torch.utils.data.TensorDataset(*(torch.as_tensor(a) for a in arrays))
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
@@ -128,32 +138,30 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
     save_config(config, output / "config.yaml")
     pl.seed_everything(config.seed, workers=True, verbose=False)
 
-    dataset = CGDataset.load(config.data.dataset)
+    paths = config.data.paths()
+    datasets = load_datasets(paths)
     stride = max(1, int(config.data.frame_stride))
-    train_ids, val_ids = trajectory_split(dataset, config.data.validation_fraction, config.seed)
-    train_set, val_set = dataset.select_trajectories(train_ids), dataset.select_trajectories(val_ids)
-    mapping = dataset.mapping
+    splits = [trajectory_split(d, config.data.validation_fraction, config.seed) for d in datasets]
+    train_sets = [d.select_trajectories(t) for d, (t, _) in zip(datasets, splits)]
+    val_sets = [d.select_trajectories(v) for d, (_, v) in zip(datasets, splits)]
+    mapping, periodic = datasets[0].mapping, datasets[0].periodic
+    schnet = config.model.cgschnet
+    if periodic:
+        check_cutoff_fits_boxes(schnet.cutoff_nm, datasets, paths)
 
     priors_path = output / "priors.json"
     if priors_path.exists():
-        params = PriorParameters.from_dict(json.loads(priors_path.read_text()))
+        params = _read_priors(priors_path, periodic)
     else:
-        p = config.priors
-        params = fit_priors(train_set.positions_nm, mapping.cg_bonds, dataset.temperature_K, p.n_dihedral_terms,
-                            p.angles, p.dihedrals, p.repulsion)
-        write_json(priors_path, params.to_dict())
+        params = _fit_priors(config, train_sets[0], schnet.cutoff_nm)
+        write_json(priors_path, params.to_dict() if params is not None else {})
 
-    def delta(subset):
-        x = subset.positions_nm[::stride]
-        return x, subset.forces_kJ_per_mol_nm[::stride] - prior_forces(params, x)
-
-    x_train, f_train = delta(train_set)
-    x_val, f_val = delta(val_set)
+    train_arrays = _delta_arrays(params, train_sets, stride)
+    val_arrays = _delta_arrays(params, val_sets, stride)
+    x_train, x_val, f_val = train_arrays[0], val_arrays[0], val_arrays[-1]
     # Energy scale: force magnitude times a typical bead displacement (0.1 nm) keeps raw outputs O(1).
-    energy_scale = float(np.std(f_train)) * 0.1
-    schnet = config.model.cgschnet
-    model = CGPotentialModule(mapping.bead_types, params, schnet, n_types=len(mapping.type_names),
-                              energy_scale_kJ_per_mol=energy_scale)
+    energy_scale = float(np.std(train_arrays[-1])) * 0.1
+    model = _build_model(mapping, periodic, params, schnet, energy_scale)
     opt = config.training
     task = ForceMatching(model, opt.learning_rate, opt.weight_decay, opt.lr_factor, opt.lr_patience,
                          opt.min_learning_rate)
@@ -174,17 +182,22 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
         num_sanity_val_steps=0, log_every_n_steps=50,
     )
     last = output / "checkpoints" / "last.ckpt"
-    trainer.fit(task, _loader(x_train, f_train, opt.batch_size, True, config.seed),
-                _loader(x_val, f_val, max(opt.batch_size, 1024), False, config.seed),
+    trainer.fit(task, _loader(train_arrays, opt.batch_size, True, config.seed),
+                _loader(val_arrays, max(opt.batch_size, 1024), False, config.seed),
                 ckpt_path=str(last) if (resume and last.exists()) else None)
 
     best = checkpoint.best_model_path or str(last)
     model = _load_checkpoint(model, best)
-    val_mse = _mse(model, x_val, f_val)
+    val_mse = _mse(model, val_arrays)
+
+    def names(part):
+        return [f"{d.temperature_K:g}K/{d.trajectory_names[i]}" if len(datasets) > 1 else d.trajectory_names[i]
+                for d, split in zip(datasets, splits) for i in split[part]]
+
     summary = {
         "train_frames": int(len(x_train)), "validation_frames": int(len(x_val)),
-        "train_trajectories": [dataset.trajectory_names[i] for i in train_ids],
-        "validation_trajectories": [dataset.trajectory_names[i] for i in val_ids],
+        "temperatures_K": [d.temperature_K for d in datasets],
+        "train_trajectories": names(0), "validation_trajectories": names(1),
         "epochs_run": int(trainer.current_epoch),
         "validation_force_rmse_kJ_per_mol_nm": float(np.sqrt(val_mse)),
         "validation_force_rmse_prior_only_kJ_per_mol_nm": float(np.sqrt(np.mean(f_val.astype(np.float64) ** 2))),
@@ -198,7 +211,75 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
     return summary
 
 
-def _load_checkpoint(model: CGPotentialModule, checkpoint_path) -> CGPotentialModule:
+def load_datasets(paths) -> list:
+    """CG datasets that one model can be trained on together: same mapping, all periodic or none."""
+    datasets = [CGDataset.load(p) for p in paths]
+    first = datasets[0]
+    for path, dataset in zip(paths[1:], datasets[1:]):
+        if dataset.mapping.bead_types != first.mapping.bead_types or dataset.mapping.bead_names != first.mapping.bead_names:
+            raise InputError(f"{path} was mapped differently from {paths[0]}: one model is trained on one mapping")
+        if dataset.periodic != first.periodic:
+            raise InputError(f"{path} and {paths[0]}: periodic and non-periodic data cannot be trained together")
+    return datasets
+
+
+def check_cutoff_fits_boxes(cutoff_nm: float, datasets, paths) -> None:
+    for path, dataset in zip(paths, datasets):
+        limit = max_rdf_range_nm(dataset.box_vectors_nm)
+        if cutoff_nm > limit:
+            raise InputError(f"cutoff {cutoff_nm} nm exceeds half the smallest box height of {path} ({limit:.3f} nm): "
+                             "the minimum image would miss neighbours; lower model.cgschnet.cutoff_nm")
+
+
+def _fit_priors(config: TrainConfig, reference: CGDataset, cutoff_nm: float):
+    p = config.priors
+    if not reference.periodic:
+        return fit_priors(reference.positions_nm, reference.mapping.cg_bonds, reference.temperature_K,
+                          p.n_dihedral_terms, p.angles, p.dihedrals, p.repulsion)
+    if not p.repulsion:
+        return None
+    frames = np.linspace(0, reference.n_frames - 1, min(reference.n_frames, 1000)).astype(int)
+    rdf = radial_distribution(reference.positions_nm[frames], reference.box_vectors_nm[frames], cutoff_nm, n_bins=400)
+    try:
+        return fit_pair_repulsion(rdf.r_nm, rdf.g, reference.temperature_K, cutoff_nm)
+    except ValueError as error:
+        raise InputError(f"pair repulsion prior: {error}") from None
+
+
+def _read_priors(path: Path, periodic: bool):
+    data = json.loads(path.read_text())
+    if periodic:
+        return PairPriorParameters.from_dict(data) if data else None
+    return PriorParameters.from_dict(data)
+
+
+def _build_model(mapping, periodic: bool, params, schnet, energy_scale: float = 1.0):
+    if periodic:
+        unit = repeat_unit(mapping)
+        return PeriodicCGPotentialModule(unit["bead_types"], params, schnet, n_types=len(mapping.type_names),
+                                         energy_scale_kJ_per_mol=energy_scale)
+    return CGPotentialModule(mapping.bead_types, params, schnet, n_types=len(mapping.type_names),
+                             energy_scale_kJ_per_mol=energy_scale)
+
+
+def _delta_arrays(params, subsets, stride: int, chunk: int = 256):
+    """(positions, [boxes,] mapped forces - prior forces) of every frame of ``subsets``, concatenated."""
+    x = np.concatenate([s.positions_nm[::stride] for s in subsets])
+    f = np.concatenate([s.forces_kJ_per_mol_nm[::stride] for s in subsets])
+    if not subsets[0].periodic:
+        return x, f - prior_forces(params, x)
+    boxes = np.concatenate([s.box_vectors_nm[::stride] for s in subsets]).astype(np.float32)
+    if params is not None:
+        prior = _build_model(subsets[0].mapping, True, params, None).double()
+        for start in range(0, len(x), chunk):
+            positions = torch.as_tensor(x[start:start + chunk], dtype=torch.float64).requires_grad_(True)
+            energy = prior.energy_batch(positions, torch.as_tensor(boxes[start:start + chunk], dtype=torch.float64))
+            (grad,) = torch.autograd.grad(energy.sum(), positions)
+            f[start:start + chunk] += grad.numpy().astype(np.float32)
+    return x, boxes, f
+
+
+def _load_checkpoint(model, checkpoint_path):
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["state_dict"]
     model.load_state_dict({key[len("model."):]: value for key, value in state.items() if key.startswith("model.")})
     return model.cpu().eval()
@@ -214,24 +295,34 @@ def export_run(run_dir, path, dtype: str = "float32", checkpoint: str = "best", 
         if not needed.exists():
             raise InputError(f"{run_dir} is not a finished training run: {needed.name} is missing")
     config = load_config(run_dir / "config.yaml")
-    dataset = CGDataset.load(config.data.dataset)
-    params = PriorParameters.from_dict(json.loads((run_dir / "priors.json").read_text()))
-    mapping = dataset.mapping
-    model = CGPotentialModule(mapping.bead_types, params, config.model.cgschnet, n_types=len(mapping.type_names))
-    model = _load_checkpoint(model, checkpoint_path)
+    datasets = load_datasets(config.data.paths())
+    first, periodic = datasets[0], datasets[0].periodic
+    params = _read_priors(run_dir / "priors.json", periodic)
+    model = _load_checkpoint(_build_model(first.mapping, periodic, params, config.model.cgschnet), checkpoint_path)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    metadata = model_metadata(model, mapping.to_dict(), params, config.model.cgschnet, [dataset.temperature_K],
-                              dataset.data_hash(), extra={"training": {"config": asdict(config), "summary": summary},
-                                                          "example_positions_nm": dataset.positions_nm[0].tolist()})
+    extra = {"training": {"config": asdict(config), "summary": summary}}
+    if periodic:
+        mapping_dict = dict(repeat_unit(first.mapping), mapping=first.mapping.to_dict())
+        extra["example_liquid_frame"] = {"positions_nm": first.positions_nm[0].tolist(),
+                                         "box_nm": first.box_vectors_nm[0].tolist()}
+    else:
+        mapping_dict = first.mapping.to_dict()
+        extra["example_positions_nm"] = first.positions_nm[0].tolist()
+    hashes = [d.data_hash() for d in datasets]
+    data_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
+    metadata = model_metadata(model, mapping_dict, params, config.model.cgschnet,
+                              [d.temperature_K for d in datasets], data_hash, extra=extra)
     return export_model(model, metadata, path, dtype=dtype, overwrite=overwrite)
 
 
-def _mse(model: CGPotentialModule, x: np.ndarray, f_delta: np.ndarray, chunk: int = 4096) -> float:
+def _mse(model, arrays, chunk: int = 1024) -> float:
     total, count = 0.0, 0
-    for start in range(0, len(x), chunk):
-        positions = torch.as_tensor(x[start:start + chunk]).requires_grad_(True)
-        energy = model.network_energy(positions)
+    *inputs, f_delta = arrays
+    for start in range(0, len(f_delta), chunk):
+        positions = torch.as_tensor(inputs[0][start:start + chunk]).requires_grad_(True)
+        boxes = [torch.as_tensor(b[start:start + chunk]) for b in inputs[1:]]
+        energy = model.network_energy(positions, *boxes)
         (grad,) = torch.autograd.grad(energy.sum(), positions)
         total += float(((-grad.detach().numpy() - f_delta[start:start + chunk]) ** 2).sum())
         count += f_delta[start:start + chunk].size
