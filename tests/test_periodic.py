@@ -162,3 +162,26 @@ def test_cg_potential_periodic_system_nvt_and_npt(tmp_path):
     volume_end = state.getPeriodicBoxVolume().value_in_unit(unit.nanometer ** 3)
     assert np.isfinite(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
     assert volume_end != pytest.approx(volume_start, rel=1e-6)  # the barostat moved the box, the model followed
+
+
+def test_run_simulation_npt_writes_boxes_and_volumes(tmp_path):
+    import csv
+
+    import mdtraj
+
+    from openmm_cg.errors import InputError
+    from openmm_cg.simulation.potential import CGPotential
+    from openmm_cg.simulation.run import SimulationConfig, run_simulation
+
+    path, module, x, box = exported_liquid(tmp_path)
+    potential = CGPotential.load(path)
+    config = SimulationConfig(n_steps=200, report_interval=20, checkpoint_interval=100, temperature_K=300.0,
+                              pressure_bar=1.0, barostat_interval_steps=5, platform="CPU", threads=1)
+    with pytest.raises(InputError, match="give the box vectors"):
+        run_simulation(potential, x.numpy(), config, tmp_path / "nobox", progress=False)
+    result = run_simulation(potential, x.numpy(), config, tmp_path / "npt", progress=False, box_vectors_nm=box.numpy())
+    with open(tmp_path / "npt" / "log.csv") as handle:
+        volumes = [float(row["box_volume_nm3"]) for row in csv.DictReader(handle)]
+    assert len(volumes) == 10 and len(set(volumes)) > 1  # the barostat moves the box
+    trajectory = mdtraj.load_dcd(result["trajectory"], top=str(tmp_path / "npt" / "topology.pdb"))
+    np.testing.assert_allclose(trajectory.unitcell_volumes, volumes, rtol=1e-4)

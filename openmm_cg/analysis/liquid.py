@@ -49,3 +49,46 @@ def radial_distribution(positions_nm: np.ndarray, box_vectors_nm: np.ndarray, r_
     pairs = np.array([(i, j) for k, i in enumerate(beads) for j in beads[k + 1:]], dtype=np.int64)
     r, g = mdtraj.compute_rdf(trajectory, pairs, r_range=(0.0, r_max_nm), n_bins=n_bins)
     return RDF(np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64), len(positions_nm))
+
+
+def rdf_error(reference: RDF, model: RDF) -> float:
+    """Integrated absolute difference, int |g_model(r) - g_reference(r)| dr in nm, on the same bins."""
+    if reference.r_nm.shape != model.r_nm.shape or not np.allclose(reference.r_nm, model.r_nm):
+        raise InputError("RDFs must share their bins to be compared")
+    width = float(reference.r_nm[1] - reference.r_nm[0])
+    return float(np.abs(model.g - reference.g).sum() * width)
+
+
+def mean_squared_displacement(positions_nm: np.ndarray, box_vectors_nm: np.ndarray, max_lag: int):
+    """MSD (nm^2) at lags 0..max_lag frames, averaged over beads and time origins, system drift removed.
+
+    Positions must be continuous (not wrapped into the box); a jump of more than half a box height
+    between frames is refused, since it means the trajectory was wrapped.
+    """
+    x = np.asarray(positions_nm, dtype=np.float64)
+    if len(x) < 2 or max_lag < 1 or max_lag >= len(x):
+        raise InputError(f"an MSD needs 1 <= max_lag < frames; got max_lag {max_lag} for {len(x)} frames")
+    jumps = np.abs(np.diff(x, axis=0)).max()
+    if jumps > max_rdf_range_nm(box_vectors_nm):
+        raise InputError(f"a bead moves {jumps:.3f} nm between frames, more than half the box: the positions look "
+                         "wrapped into the box; diffusion needs continuous (unwrapped) positions")
+    x = x - x.mean(axis=1, keepdims=True)  # remove the drift of the whole system
+    msd = np.zeros(max_lag + 1)
+    for lag in range(1, max_lag + 1):
+        msd[lag] = ((x[lag:] - x[:-lag]) ** 2).sum(-1).mean()
+    return msd
+
+
+def self_diffusion_nm2_per_ps(msd_nm2: np.ndarray, frame_interval_ps: float, fit_fraction=(0.2, 1.0)) -> float:
+    """Einstein relation: D = slope / 6 of a straight-line fit of the MSD over the given part of the lags
+    (the start is skipped: there the motion is ballistic or caged, not diffusive)."""
+    lags = np.arange(len(msd_nm2))
+    window = (lags >= fit_fraction[0] * lags[-1]) & (lags <= fit_fraction[1] * lags[-1]) & (lags > 0)
+    if window.sum() < 3:
+        raise InputError("too few lags to fit a diffusion coefficient")
+    slope = np.polyfit(lags[window] * frame_interval_ps, msd_nm2[window], 1)[0]
+    return float(slope / 6.0)
+
+
+def density_g_per_mL(total_mass_amu: float, volume_nm3) -> np.ndarray:
+    return np.asarray(total_mass_amu) / 6.02214076e23 / (np.asarray(volume_nm3) * 1e-21)

@@ -6,6 +6,9 @@ before anything is written, so a trajectory never holds a broken frame. On a blo
 state is saved as XML and :class:`SimulationBlowUpError` names the step. Every
 ``checkpoint_interval`` steps an OpenMM checkpoint and ``progress.json`` are written; a run started
 again in the same folder continues from there (trajectory and log truncated to the checkpoint).
+
+Periodic models (liquids) take the starting box; with ``pressure_bar`` set, a MonteCarloBarostat makes
+the run NPT. Box vectors go into every trajectory frame and the box volume into the log.
 """
 import csv
 import json
@@ -26,7 +29,7 @@ from .potential import CGPotential
 
 TRAJECTORY_FORMATS = ("dcd", "h5")
 LOG_FIELDS = ["step", "time_ps", "potential_energy_kJ_per_mol", "kinetic_energy_kJ_per_mol", "temperature_K",
-              "ns_per_day"]
+              "ns_per_day", "box_volume_nm3"]
 
 
 @dataclass
@@ -46,6 +49,8 @@ class SimulationConfig:
     blowup_temperature_factor: float = 5.0
     blowup_energy_kT_per_bead: float = 100.0
     max_start_force_kJ_per_mol_nm: float = 1e5
+    pressure_bar: Optional[float] = None  # periodic models only: NPT with a MonteCarloBarostat
+    barostat_interval_steps: int = 25
 
     def validate(self) -> None:
         if self.trajectory_format not in TRAJECTORY_FORMATS:
@@ -54,6 +59,8 @@ class SimulationConfig:
             raise InputError("n_steps must be >= 0, report_interval >= 1 and timestep_ps > 0")
         if self.checkpoint_interval % self.report_interval != 0:
             raise InputError("checkpoint_interval must be a multiple of report_interval")
+        if self.pressure_bar is not None and (self.pressure_bar <= 0 or self.barostat_interval_steps < 1):
+            raise InputError("pressure_bar must be positive and barostat_interval_steps at least 1")
 
 
 class _TrajectoryWriter:
@@ -71,11 +78,19 @@ class _TrajectoryWriter:
             if not append:
                 self.file.topology = mdtraj.Topology.from_openmm(topology)
 
-    def write(self, positions_nm: np.ndarray, time_ps: float) -> None:
+    def write(self, positions_nm: np.ndarray, time_ps: float, box_nm: Optional[np.ndarray] = None) -> None:
         if self.fmt == "dcd":
-            self.file.writeModel(positions_nm * unit.nanometer)
-        else:
+            box = None if box_nm is None else [openmm.Vec3(*row) for row in box_nm] * unit.nanometer
+            self.file.writeModel(positions_nm * unit.nanometer, periodicBoxVectors=box)
+        elif box_nm is None:
             self.file.write(positions_nm[None].astype(np.float32), time=np.array([time_ps], dtype=np.float32))
+        else:
+            from mdtraj.utils import box_vectors_to_lengths_and_angles
+
+            *lengths, alpha, beta, gamma = box_vectors_to_lengths_and_angles(*np.asarray(box_nm))
+            self.file.write(positions_nm[None].astype(np.float32), time=np.array([time_ps], dtype=np.float32),
+                            cell_lengths=np.array([lengths], dtype=np.float32),
+                            cell_angles=np.array([[alpha, beta, gamma]], dtype=np.float32))
 
     def close(self) -> None:
         if self.fmt == "dcd":
@@ -108,9 +123,16 @@ def kinetic_temperature_K(kinetic_energy_kJ_per_mol: float, n_dof: int) -> float
 
 
 def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: SimulationConfig, out_dir,
-                   overwrite: bool = False, progress: bool = True) -> dict:
-    """Simulate ``positions_nm`` ((R*N, 3), R replicas of the model's molecule) and write to ``out_dir``."""
+                   overwrite: bool = False, progress: bool = True, box_vectors_nm: Optional[np.ndarray] = None) -> dict:
+    """Simulate ``positions_nm`` ((R*N, 3), R replicas of the model's molecule) and write to ``out_dir``.
+
+    Periodic models need ``box_vectors_nm`` (3x3, rows a, b, c: the starting box)."""
     config.validate()
+    if potential.periodic != (box_vectors_nm is not None):
+        raise InputError(f"{potential.path.name} is a periodic model: give the box vectors" if potential.periodic
+                         else f"{potential.path.name} is not periodic: it takes no box vectors")
+    if config.pressure_bar is not None and not potential.periodic:
+        raise InputError("pressure_bar (NPT) needs a periodic model")
     out_dir = Path(out_dir)
     progress_path = out_dir / "progress.json"
     resume = progress_path.exists() and not overwrite
@@ -129,10 +151,15 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
     n_replicas = len(positions_nm) // potential.n_beads
     if len(positions_nm) % potential.n_beads:
         raise InputError(f"{len(positions_nm)} initial positions are not a multiple of the model's {potential.n_beads} beads")
-    topology = potential.topology(n_replicas)
+    topology = potential.topology(n_replicas, box_vectors_nm)
     temperature = config.temperature_K or potential.temperature_K
     system = potential.createSystem(topology, backend=config.backend,
                                     priors_as_openmm_forces=config.priors_as_openmm_forces)
+    if config.pressure_bar is not None:
+        barostat = openmm.MonteCarloBarostat(config.pressure_bar * unit.bar, temperature * unit.kelvin,
+                                             config.barostat_interval_steps)
+        barostat.setRandomNumberSeed(config.seed + 1)
+        system.addForce(barostat)
     integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, config.friction_per_ps / unit.picosecond,
                                                  config.timestep_ps * unit.picosecond)
     integrator.setRandomNumberSeed(config.seed + 1)  # OpenMM reads seed 0 as "random"
@@ -184,13 +211,14 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
                 elapsed = time.perf_counter() - started
                 ns_per_day = (step - start_step) * config.timestep_ps * 1e-3 / elapsed * 86400 if elapsed > 0 else 0.0
                 kinetic = state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole)
+                box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer) if potential.periodic else None
                 writer.write(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
-                             state.getTime().value_in_unit(unit.picosecond))
+                             state.getTime().value_in_unit(unit.picosecond), box)
                 n_frames += 1
                 log_writer.writerow([step, f"{state.getTime().value_in_unit(unit.picosecond):.4f}",
                                      f"{state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole):.6f}",
                                      f"{kinetic:.6f}", f"{kinetic_temperature_K(kinetic, n_dof):.4f}",
-                                     f"{ns_per_day:.3f}"])
+                                     f"{ns_per_day:.3f}", "" if box is None else f"{np.linalg.det(box):.6f}"])
                 bar.update(block)
                 if step % config.checkpoint_interval == 0 or step == config.n_steps:
                     log.flush()
