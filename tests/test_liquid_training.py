@@ -112,3 +112,26 @@ def test_mixture_has_no_repeat_unit():
     mapping = build_mapping(topology, [[k] for k in range(4)], bead_types=[0, 1, 0, 0])
     with pytest.raises(InputError, match="copies of one molecule"):
         repeat_unit(mapping)
+
+
+def test_pair_force_matching_recovers_the_known_pair_force(tmp_path):
+    from openmm_cg.classical.pair_force_matching import fit_pair_force_matching
+    from openmm_cg.nn.tabulated import PeriodicTabulatedPair
+
+    mapping = build_mapping(liquid_topology(N), [[k] for k in range(N)])
+    x, f = sample_liquid(80, seed=3)
+    dataset = CGDataset(x.astype(np.float32), f.astype(np.float32), np.zeros(len(x), dtype=int), T, mapping, ["mc"],
+                        box_vectors_nm=np.tile(np.eye(3) * BOX, (len(x), 1, 1)))
+    table = fit_pair_force_matching(dataset, CUTOFF, n_knots=60)
+    r = torch.linspace(0.34, 0.85, 200, dtype=torch.float64).requires_grad_(True)
+    (grad,) = torch.autograd.grad(pair_energy(r).sum(), r)
+    module = PeriodicTabulatedPair(table.r_first_nm, table.cutoff_nm, table.force_kJ_per_mol_nm)
+    energy = module.pair_energy(r)
+    (table_grad,) = torch.autograd.grad(energy.sum(), r)
+    # Exact forces: the fitted pair force is the true one wherever pairs were sampled.
+    np.testing.assert_allclose(-table_grad.numpy(), -grad.numpy(), atol=0.03 * float(grad.abs().max()))
+    np.testing.assert_allclose(energy.detach().numpy(), pair_energy(r).detach().numpy(), atol=0.05 * KT)
+    # Module forces in a box equal the sum of pair forces: compare with the exact liquid forces.
+    xt = torch.as_tensor(x[0]).requires_grad_(True)
+    (g,) = torch.autograd.grad(torch.jit.script(module)(xt, torch.eye(3, dtype=torch.float64) * BOX), xt)
+    np.testing.assert_allclose(-g.numpy(), f[0], atol=0.03 * np.abs(f[0]).max())
