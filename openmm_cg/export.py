@@ -16,6 +16,7 @@ import torch
 from . import __version__
 from .errors import ModelFileError
 from .nn.periodic import PeriodicCGPotentialModule
+from .nn.tabulated import PeriodicTabulatedPair
 from .nn.potential import CGPotentialModule
 from .nn.schnet import SchNetConfig
 from .outputs import check_output_file, write_json
@@ -33,7 +34,7 @@ def model_metadata(module: Union[CGPotentialModule, PeriodicCGPotentialModule], 
                    prior_params: Union[PriorParameters, PairPriorParameters, None], schnet_config: Optional[SchNetConfig], temperatures_K, data_hash: str, extra: Optional[dict] = None) -> dict:
     import openmm
 
-    periodic = isinstance(module, PeriodicCGPotentialModule)
+    periodic = isinstance(module, (PeriodicCGPotentialModule, PeriodicTabulatedPair))
     metadata = {
         "format_version": FORMAT_VERSION,
         "kind": "openmm-cg potential",
@@ -68,6 +69,9 @@ def model_metadata(module: Union[CGPotentialModule, PeriodicCGPotentialModule], 
 def build_module(metadata: dict) -> Union[CGPotentialModule, PeriodicCGPotentialModule]:
     """An untrained module with the architecture that ``metadata`` describes (load weights into it)."""
     config = SchNetConfig(**metadata["network_config"]) if metadata.get("network_config") else None
+    if metadata.get("architecture") == "tabulated-pair":
+        table = metadata["tabulated_pair"]
+        return PeriodicTabulatedPair(table["r_first_nm"], table["cutoff_nm"], table["force_kJ_per_mol_nm"])
     if metadata.get("periodic"):
         pair = PairPriorParameters.from_dict(metadata["priors"]) if metadata.get("priors") else None
         return PeriodicCGPotentialModule(metadata["bead_types"], pair, config, n_types=metadata["n_types"],

@@ -135,3 +135,26 @@ def test_pair_force_matching_recovers_the_known_pair_force(tmp_path):
     xt = torch.as_tensor(x[0]).requires_grad_(True)
     (g,) = torch.autograd.grad(torch.jit.script(module)(xt, torch.eye(3, dtype=torch.float64) * BOX), xt)
     np.testing.assert_allclose(-g.numpy(), f[0], atol=0.03 * np.abs(f[0]).max())
+
+    # Exported like the learned models; a bare TorchForce with PBC gives the module's energy.
+    import openmm
+    import openmmtorch
+
+    from openmm_cg.classical.pair_force_matching import export_pair_table
+    from openmm_cg.export import load_eager
+
+    path = export_pair_table(table, dataset, tmp_path / "fm_pair.pt")
+    eager, metadata = load_eager(path)
+    assert metadata["architecture"] == "tabulated-pair" and metadata["periodic"]
+    force = openmmtorch.TorchForce(str(path))
+    force.setUsesPeriodicBoundaryConditions(True)
+    system = openmm.System()
+    for _ in range(N):
+        system.addParticle(40.0)
+    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in np.eye(3) * BOX])
+    system.addForce(force)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(x[0])
+    energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole)
+    assert energy == pytest.approx(float(eager(torch.as_tensor(x[0], dtype=torch.float64),
+                                               torch.eye(3, dtype=torch.float64) * BOX)), rel=1e-9)

@@ -76,3 +76,18 @@ def fit_pair_force_matching(dataset: CGDataset, cutoff_nm: float, n_knots: int =
     scale = np.trace(normal) / n_free
     solution = np.linalg.solve(normal + ridge * scale * np.eye(n_free), rhs)
     return PairForceTable(r_first, float(cutoff_nm), np.append(solution, 0.0), dataset.temperature_K)
+
+
+def export_pair_table(table: PairForceTable, dataset: CGDataset, path, overwrite: bool = False):
+    """The fitted table as an openmm-cg model file (periodic, one bead per molecule), like the learned models."""
+    from ..export import export_model, model_metadata
+    from ..mapping.cgmap import repeat_unit
+    from ..nn.tabulated import PeriodicTabulatedPair
+
+    module = PeriodicTabulatedPair(table.r_first_nm, table.cutoff_nm, table.force_kJ_per_mol_nm)
+    unit = dict(repeat_unit(dataset.mapping), mapping=dataset.mapping.to_dict())
+    metadata = model_metadata(module, unit, None, None, [table.temperature_K], dataset.data_hash(), extra={
+        "architecture": "tabulated-pair", "prior_forms": None, "tabulated_pair": table.to_dict(),
+        "example_liquid_frame": {"positions_nm": dataset.positions_nm[0].tolist(),
+                                 "box_nm": dataset.box_vectors_nm[0].tolist()}})
+    return export_model(module, metadata, path, dtype="float64", overwrite=overwrite)
