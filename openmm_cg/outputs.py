@@ -59,3 +59,11 @@ def sha256_of_arrays(*arrays) -> str:
     for array in arrays:
         digest.update(memoryview(array.tobytes() if hasattr(array, "tobytes") else bytes(array)))
     return digest.hexdigest()
+
+
+def sha256_of_file(path, block_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(block_bytes), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -42,7 +42,7 @@ def test_langevin_samples_the_target_temperature(langevin_run, ala2_exported):
     assert abs(t_conf - 300.0) < 0.05 * 300.0, t_conf
 
 
-def test_resume_continues_and_refuses_other_settings(langevin_run, ala2_dataset):
+def test_resume_continues_and_refuses_other_settings(langevin_run, ala2_dataset, ala2_exported):
     out, result, potential = langevin_run
     _, dataset = ala2_dataset
     config = SimulationConfig(n_steps=6400, timestep_ps=0.002, friction_per_ps=10.0, report_interval=20,
@@ -52,6 +52,10 @@ def test_resume_continues_and_refuses_other_settings(langevin_run, ala2_dataset)
     assert len(load_simulation_positions(out)) == 320
     steps = _log_column(out / "log.csv", "step")
     assert np.all(np.diff(steps) == 20) and steps[-1] == 6400
+    config.n_steps = 6600
+    other_model = CGPotential.load(ala2_exported["float64"])
+    with pytest.raises(InputError, match="different model file"):
+        run_simulation(other_model, cg_frames(dataset, 20).reshape(-1, 3), config, out, progress=False)
     config.friction_per_ps = 1.0
     with pytest.raises(InputError, match="different settings"):
         run_simulation(potential, cg_frames(dataset, 20).reshape(-1, 3), config, out, progress=False)

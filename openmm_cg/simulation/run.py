@@ -23,7 +23,7 @@ from .._runtime import best_platform_name, openmm
 from openmm import app, unit
 
 from ..errors import InputError, OutputExistsError, SimulationBlowUpError
-from ..outputs import write_json
+from ..outputs import sha256_of_file, write_json
 from ..units import MOLAR_GAS_CONSTANT_KJ_PER_MOL_K
 from .potential import CGPotential
 
@@ -169,6 +169,7 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
                                 properties)
     n_dof = 3 * system.getNumParticles()
 
+    model_sha256 = sha256_of_file(potential.path)
     traj_path = out_dir / f"trajectory.{config.trajectory_format}"
     log_path = out_dir / "log.csv"
     checkpoint_path = out_dir / "checkpoint.chk"
@@ -176,6 +177,9 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
         state = json.loads(progress_path.read_text())
         if state["config"] != asdict(config) | {"n_steps": state["config"]["n_steps"]}:
             raise InputError(f"{out_dir} holds a run with different settings; use another folder or --overwrite")
+        if state.get("model_sha256") != model_sha256:
+            raise InputError(f"{out_dir} holds a run of a different model file than {potential.path}; "
+                             "use another folder or --overwrite")
         simulation.loadCheckpoint(str(checkpoint_path))
         step, n_frames = int(state["step"]), int(state["frames"])
         _truncate_trajectory(traj_path, topology, config.trajectory_format, n_frames)
@@ -225,6 +229,7 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
                     writer.close()
                     simulation.saveCheckpoint(str(checkpoint_path))
                     write_json(progress_path, {"step": step, "frames": n_frames, "config": asdict(config),
+                                               "model": str(potential.path), "model_sha256": model_sha256,
                                                "platform": platform_name, "n_replicas": n_replicas})
                     writer = _TrajectoryWriter(traj_path, topology, config.trajectory_format, config.timestep_ps,
                                                config.report_interval, append=True)
