@@ -23,6 +23,7 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.60",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # hippynn: the reference HIP-NN-TS implementation, compared against ours in the tests.
+    extras_require={"test": ["pytest>=7", "hippynn==0.1.3"]},
     entry_points={"console_scripts": ["openmm-cg=openmm_cg.cli:main"]},
 )

@@ -1,0 +1,318 @@
+"""Thermodynamic transferability of CG methanol models across temperatures (Shinkle et al. 2024).
+
+    python benchmarks/methanol_transferability.py --work runs/methanol
+
+Stages (each resumable: finished outputs are kept and re-running continues):
+1. reference: all-atom MethanolBox (125 molecules) at every temperature: NPT equilibration to its own
+   density, then NVT production with forces (openmm_cg/configs/methanol_reference.yaml, 2 seeds).
+2. datasets: one bead per molecule at its centre of mass, forces summed per molecule.
+3. observables of the reference: RDF, density (the NPT mean), self-diffusion (COM MSD).
+4. models, each trained on a set of temperatures: one (the middle), two (the ends), all but the middle;
+   CGSchNet (configs/methanol_cgschnet.yaml) and the classical baseline, a force-matched pair table
+   fitted at the middle temperature only.
+5. CG runs of every model at every temperature, started from a mapped reference frame: NVT in the
+   reference box (RDF, diffusion) and NPT at 1 bar (density).
+6. table: RDF error (integral of |g_CG - g_AA| dr, nm), density error (%), diffusion ratio D_CG/D_AA,
+   for every model x evaluation temperature, marked training or held-out; the target (held-out RDF
+   error at most twice the training one, and below the baseline's) per learned model.
+Writes benchmarks/results/methanol_transferability.json and methanol_rdf.png.
+"""
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CONFIGS = ROOT / "openmm_cg" / "configs"
+# Methanol boils at 337.8 K at 1 bar: every temperature stays below it (span 80 K).
+TEMPERATURES_K = [250.0, 270.0, 290.0, 310.0, 330.0]
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    kind: str  # "cgschnet" or "fm_pair"
+    train_temperatures_K: List[float]
+
+
+def model_specs(temperatures: List[float]) -> List[ModelSpec]:
+    middle = temperatures[len(temperatures) // 2]
+    ends = [temperatures[0], temperatures[-1]]
+    all_but_middle = [t for t in temperatures if t != middle]
+    return [
+        ModelSpec(f"cgschnet_T{middle:g}", "cgschnet", [middle]),
+        ModelSpec("cgschnet_two_ends", "cgschnet", ends),
+        ModelSpec(f"cgschnet_all_but_T{middle:g}", "cgschnet", all_but_middle),
+        ModelSpec(f"fm_pair_T{middle:g}", "fm_pair", [middle]),
+    ]
+
+
+def dataset_path(work: Path, temperature: float) -> Path:
+    return work / "datasets" / f"T{temperature:g}.h5"
+
+
+def stage_reference(work: Path, temperatures, frames_per_seed, npt_steps, workers):
+    from openmm_cg.data.reference import ReferenceConfig, generate_reference
+
+    for temperature in temperatures:
+        config = ReferenceConfig(**yaml.safe_load((CONFIGS / "methanol_reference.yaml").read_text()))
+        config.temperature_K = temperature
+        if frames_per_seed:
+            config.frames_per_seed = frames_per_seed
+        if npt_steps:
+            config.npt_equilibration_steps = npt_steps
+        generate_reference(config, work / "reference" / f"T{temperature:g}", n_workers=workers)
+
+
+def stage_datasets(work: Path, temperatures):
+    from openmm_cg.data.datasets import build_cg_dataset, load_references
+    from openmm_cg.data.reference import ReferenceConfig, build_system
+    from openmm_cg.mapping.cgmap import mapping_from_spec
+
+    for temperature in temperatures:
+        path = dataset_path(work, temperature)
+        if path.exists():
+            continue
+        references = load_references(directory=work / "reference" / f"T{temperature:g}")
+        mapping = mapping_from_spec(references[0].topology, "molecule_com")
+        config = ReferenceConfig(**json.loads((work / "reference" / f"T{temperature:g}" / "reference_config.json").read_text()))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_cg_dataset(references, mapping, system=build_system(config)[0]).save(path)
+
+
+def observables(positions_nm, boxes_nm, frame_interval_ps, total_mass_amu, rdf_range_nm, rdf_bins, msd_lag_ps,
+                npt_volumes_nm3=None) -> dict:
+    """RDF, self-diffusion and density of one CG trajectory set (a list of continuous runs)."""
+    from openmm_cg.analysis.liquid import (density_g_per_mL, mean_squared_displacement, radial_distribution,
+                                           self_diffusion_nm2_per_ps)
+
+    rdf = radial_distribution(np.concatenate(positions_nm), np.concatenate(boxes_nm), rdf_range_nm, rdf_bins)
+    lag = int(round(msd_lag_ps / frame_interval_ps))
+    msds = [mean_squared_displacement(x, b, lag) for x, b in zip(positions_nm, boxes_nm)]
+    result = {"rdf_r_nm": rdf.r_nm.tolist(), "rdf_g": rdf.g.tolist(),
+              "diffusion_nm2_per_ps": self_diffusion_nm2_per_ps(np.mean(msds, axis=0), frame_interval_ps)}
+    if npt_volumes_nm3 is not None:
+        result["density_g_per_mL"] = float(np.mean(density_g_per_mL(total_mass_amu, np.asarray(npt_volumes_nm3))))
+    return result
+
+
+def stage_reference_observables(work: Path, temperatures, args) -> dict:
+    from openmm_cg.data.datasets import CGDataset
+
+    path = work / "aa_observables.json"
+    done = json.loads(path.read_text()) if path.exists() else {}
+    for temperature in temperatures:
+        key = f"{temperature:g}"
+        if key in done:
+            continue
+        dataset = CGDataset.load(dataset_path(work, temperature))
+        runs = [np.flatnonzero(dataset.trajectory_index == k) for k in np.unique(dataset.trajectory_index)]
+        interval = next(iter(dataset.source_metadata.values()))["save_interval_ps"]
+        result = observables([dataset.positions_nm[r] for r in runs], [dataset.box_vectors_nm[r] for r in runs],
+                             interval, float(dataset.mapping.masses_amu.sum()), args.rdf_range_nm, args.rdf_bins,
+                             args.msd_lag_ps)
+        densities = [m["npt"]["production_density_g_per_mL"] for m in dataset.source_metadata.values()]
+        result["density_g_per_mL"] = float(np.mean(densities))
+        done[key] = result
+        path.write_text(json.dumps(done))
+    return done
+
+
+def stage_models(work: Path, specs, args) -> dict:
+    from openmm_cg.classical.pair_force_matching import export_pair_table, fit_pair_force_matching
+    from openmm_cg.data.datasets import CGDataset, trajectory_split
+    from openmm_cg.training.config import config_from_dict
+    from openmm_cg.training.train import export_run, train
+
+    models = {}
+    for spec in specs:
+        path = work / "models" / f"{spec.name}.pt"
+        models[spec.name] = path
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        datasets = [str(dataset_path(work, t)) for t in spec.train_temperatures_K]
+        if spec.kind == "fm_pair":
+            dataset = CGDataset.load(datasets[0])
+            train_ids, _ = trajectory_split(dataset, 0.5, 0)
+            dataset = dataset.select_trajectories(train_ids)
+            export_pair_table(fit_pair_force_matching(dataset, args.cutoff_nm), dataset, path)
+            continue
+        settings = yaml.safe_load((CONFIGS / "methanol_cgschnet.yaml").read_text())
+        settings["data"]["dataset"] = datasets
+        settings["output"] = str(work / "train" / spec.name)
+        if args.max_epochs:
+            settings["training"]["max_epochs"] = args.max_epochs
+        run = Path(settings["output"])
+        train(config_from_dict(settings), resume=(run / "checkpoints" / "last.ckpt").exists())
+        export_run(run, path, overwrite=True)
+    return models
+
+
+def stage_cg_runs(work: Path, models: dict, temperatures, args) -> dict:
+    from openmm_cg.data.datasets import CGDataset
+    from openmm_cg.simulation.potential import CGPotential
+    from openmm_cg.simulation.run import SimulationConfig, run_simulation
+
+    results = {}
+    for name, model_path in models.items():
+        potential = CGPotential.load(model_path)
+        for temperature in temperatures:
+            dataset = CGDataset.load(dataset_path(work, temperature))
+            start = np.flatnonzero(dataset.trajectory_index == 0)[-1]
+            runs = {}
+            for ensemble, pressure in (("nvt", None), ("npt", 1.0)):
+                out = work / "cg" / name / f"T{temperature:g}_{ensemble}"
+                config = SimulationConfig(n_steps=args.cg_steps, timestep_ps=args.cg_timestep_fs * 1e-3,
+                                          temperature_K=temperature, report_interval=args.cg_report_interval,
+                                          checkpoint_interval=args.cg_report_interval * 50, platform="CPU",
+                                          threads=args.threads, seed=args.seed, pressure_bar=pressure)
+                try:
+                    runs[ensemble] = run_simulation(potential, dataset.positions_nm[start], config, out,
+                                                    box_vectors_nm=dataset.box_vectors_nm[start], progress=True)
+                except Exception as error:  # a model that blows up at a held-out temperature is a result
+                    runs[ensemble] = {"error": str(error).splitlines()[0]}
+            results[(name, temperature)] = runs
+    return results
+
+
+def load_cg_trajectory(run: dict, skip_ps: float, frame_interval_ps: float):
+    import mdtraj
+
+    out = Path(run["trajectory"]).parent
+    trajectory = mdtraj.load(run["trajectory"], top=str(out / "topology.pdb"))
+    skip = int(round(skip_ps / frame_interval_ps))
+    return trajectory.xyz[skip:].astype(np.float64), trajectory.unitcell_vectors[skip:].astype(np.float64)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="runs/methanol")
+    parser.add_argument("--temperatures", type=float, nargs="+", default=TEMPERATURES_K)
+    parser.add_argument("--stage", choices=["reference", "datasets", "models", "all"], default="all",
+                        help="stop after this stage")
+    parser.add_argument("--frames-per-seed", type=int, help="override the reference length (smoke runs)")
+    parser.add_argument("--npt-steps", type=int, help="override the NPT equilibration length (smoke runs)")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--max-epochs", type=int)
+    parser.add_argument("--cutoff-nm", type=float, default=0.9)
+    parser.add_argument("--rdf-range-nm", type=float, default=0.95)
+    parser.add_argument("--rdf-bins", type=int, default=95)
+    parser.add_argument("--msd-lag-ps", type=float, default=10.0)
+    parser.add_argument("--cg-steps", type=int, default=20000)
+    parser.add_argument("--cg-timestep-fs", type=float, default=4.0)
+    parser.add_argument("--cg-report-interval", type=int, default=25)
+    parser.add_argument("--cg-skip-ps", type=float, default=10.0, help="equilibration dropped from CG runs")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+
+    from openmm_cg.analysis.liquid import RDF, rdf_error
+    from openmm_cg.data.datasets import CGDataset
+    from openmm_cg.machine import machine_info
+
+    work = Path(args.work)
+    temperatures = sorted(args.temperatures)
+    stage_reference(work, temperatures, args.frames_per_seed, args.npt_steps, args.workers)
+    if args.stage == "reference":
+        return
+    stage_datasets(work, temperatures)
+    if args.stage == "datasets":
+        return
+    reference = stage_reference_observables(work, temperatures, args)
+    specs = model_specs(temperatures)
+    models = stage_models(work, specs, args)
+    if args.stage == "models":
+        return
+    runs = stage_cg_runs(work, models, temperatures, args)
+
+    interval_ps = args.cg_report_interval * args.cg_timestep_fs * 1e-3
+    mass = float(CGDataset.load(dataset_path(work, temperatures[0])).mapping.masses_amu.sum())
+    rows, curves = [], {}
+    for spec in specs:
+        for temperature in temperatures:
+            run = runs[(spec.name, temperature)]
+            aa = reference[f"{temperature:g}"]
+            row = {"model": spec.name, "kind": spec.kind, "train_temperatures_K": spec.train_temperatures_K,
+                   "temperature_K": temperature, "held_out": temperature not in spec.train_temperatures_K}
+            if "error" in run["nvt"] or "error" in run["npt"]:
+                row["failed"] = run["nvt"].get("error") or run["npt"].get("error")
+                rows.append(row)
+                continue
+            x, boxes = load_cg_trajectory(run["nvt"], args.cg_skip_ps, interval_ps)
+            _, npt_boxes = load_cg_trajectory(run["npt"], args.cg_skip_ps, interval_ps)
+            cg = observables([x], [boxes], interval_ps, mass, args.rdf_range_nm, args.rdf_bins, args.msd_lag_ps,
+                             npt_volumes_nm3=np.linalg.det(npt_boxes))
+            curves[(spec.name, temperature)] = cg
+            row.update({
+                "rdf_error_nm": rdf_error(RDF(np.array(aa["rdf_r_nm"]), np.array(aa["rdf_g"]), 0),
+                                          RDF(np.array(cg["rdf_r_nm"]), np.array(cg["rdf_g"]), 0)),
+                "density_g_per_mL": cg["density_g_per_mL"], "density_aa_g_per_mL": aa["density_g_per_mL"],
+                "density_error_percent": 100 * (cg["density_g_per_mL"] / aa["density_g_per_mL"] - 1),
+                "diffusion_nm2_per_ps": cg["diffusion_nm2_per_ps"], "diffusion_aa_nm2_per_ps": aa["diffusion_nm2_per_ps"],
+                "diffusion_ratio_cg_over_aa": cg["diffusion_nm2_per_ps"] / aa["diffusion_nm2_per_ps"],
+                "cg_steps_per_second": run["nvt"]["steps_per_second"],
+            })
+            rows.append(row)
+
+    summary = {}
+    baseline = [r for r in rows if r["kind"] == "fm_pair" and "rdf_error_nm" in r]
+    baseline_held_out = np.mean([r["rdf_error_nm"] for r in baseline if r["held_out"]]) if baseline else None
+    for spec in specs:
+        mine = [r for r in rows if r["model"] == spec.name]
+        trained = [r["rdf_error_nm"] for r in mine if not r["held_out"] and "rdf_error_nm" in r]
+        held = [r["rdf_error_nm"] for r in mine if r["held_out"] and "rdf_error_nm" in r]
+        failed = [r["temperature_K"] for r in mine if "failed" in r]
+        entry = {"rdf_error_training_mean_nm": float(np.mean(trained)) if trained else None,
+                 "rdf_error_held_out_mean_nm": float(np.mean(held)) if held else None, "failed_at_K": failed}
+        if spec.kind != "fm_pair" and trained and held and baseline_held_out is not None:
+            entry["target_held_out_at_most_twice_training"] = bool(np.mean(held) <= 2 * np.mean(trained))
+            entry["target_held_out_below_baseline"] = bool(np.mean(held) < baseline_held_out)
+        summary[spec.name] = entry
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"machine": machine_info(), "temperatures_K": temperatures, "reference": {
+        "system": "openmmtools MethanolBox, 125 molecules, NPT 1 bar equilibration then NVT",
+        "density_g_per_mL": {k: v["density_g_per_mL"] for k, v in reference.items()},
+        "diffusion_nm2_per_ps": {k: v["diffusion_nm2_per_ps"] for k, v in reference.items()}},
+        "cg_run": {"steps": args.cg_steps, "timestep_fs": args.cg_timestep_fs, "skip_ps": args.cg_skip_ps},
+        "rdf_error_definition": "integral over 0..rdf_range of |g_CG(r) - g_AA(r)| dr, in nm",
+        "rows": rows, "summary": summary}
+    (out / "methanol_transferability.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_rdfs(reference, curves, specs, temperatures, out / "methanol_rdf.png")
+    print(json.dumps(summary, indent=2))
+
+
+def plot_rdfs(reference, curves, specs, temperatures, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(temperatures), figsize=(3.2 * len(temperatures), 3.2), sharey=True)
+    for ax, temperature in zip(np.atleast_1d(axes), temperatures):
+        aa = reference[f"{temperature:g}"]
+        ax.plot(aa["rdf_r_nm"], aa["rdf_g"], "k-", lw=2, label="all-atom")
+        for spec in specs:
+            cg = curves.get((spec.name, temperature))
+            if cg is not None:
+                style = "--" if temperature not in spec.train_temperatures_K else "-"
+                ax.plot(cg["rdf_r_nm"], cg["rdf_g"], style, lw=1, label=spec.name)
+        ax.set_title(f"{temperature:g} K")
+        ax.set_xlabel("r (nm)")
+    np.atleast_1d(axes)[0].set_ylabel("g(r), methanol COM")
+    np.atleast_1d(axes)[-1].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

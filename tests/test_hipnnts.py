@@ -1,0 +1,87 @@
+"""HIP-NN-TS: invariances, finite-difference forces, and agreement with the reference implementation
+(hippynn) for one set of shared weights."""
+import numpy as np
+import pytest
+import torch
+
+from openmm_cg.nn.hipnnts import HipNNTS, HipNNTSConfig
+
+TYPES = torch.tensor([0, 1, 0, 1, 1, 0])
+PAIRS = torch.triu_indices(6, 6, 1).T
+
+
+def network(**overrides) -> HipNNTS:
+    torch.manual_seed(0)
+    config = HipNNTSConfig(n_features=8, n_interactions=2, n_atom_layers=1, n_sensitivities=5, soft_min_nm=0.15,
+                           soft_max_nm=0.6, cutoff_nm=0.8, **overrides)
+    module = HipNNTS(config, n_types=2).double()
+    for block in module.blocks:  # non-zero read-outs, so that every layer shows in the energy
+        torch.nn.init.normal_(block.readout.weight)
+    return module
+
+
+def configurations(n=4, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return 0.25 * torch.randn(n, 6, 3, generator=generator, dtype=torch.float64)
+
+
+def test_rotation_reflection_translation_and_permutation_invariance():
+    module = torch.jit.script(network())
+    x = configurations()
+    energy = module(x, TYPES, PAIRS)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    for transformed in (x @ q.T, -x, x + torch.tensor([0.3, -1.0, 2.0], dtype=torch.float64)):
+        torch.testing.assert_close(module(transformed, TYPES, PAIRS), energy, rtol=1e-12, atol=1e-12)
+    order = torch.tensor([3, 0, 5, 1, 4, 2])  # same types at permuted indices: bead 3 is type 1 etc.
+    permuted_types = TYPES[order]
+    torch.testing.assert_close(module(x[:, order], permuted_types, PAIRS), energy, rtol=1e-12, atol=1e-12)
+    # The l = 1, 2 channels matter: dropping them changes the energy of the same configurations.
+    assert not torch.allclose(torch.jit.script(network(max_l=0))(x, TYPES, PAIRS), energy)
+
+
+def test_forces_match_finite_differences():
+    module = network()
+    x = configurations(1).requires_grad_(True)
+    (grad,) = torch.autograd.grad(module(x, TYPES, PAIRS).sum(), x)
+    h = 1e-5
+    for bead, axis in ((0, 0), (2, 1), (5, 2)):
+        plus, minus = x.detach().clone(), x.detach().clone()
+        plus[0, bead, axis] += h
+        minus[0, bead, axis] -= h
+        numeric = (module(plus, TYPES, PAIRS) - module(minus, TYPES, PAIRS)).item() / (2 * h)
+        assert grad[0, bead, axis].item() == pytest.approx(numeric, rel=1e-6, abs=1e-8)
+
+
+def test_matches_hippynn_reference_layers():
+    hippynn_networks = pytest.importorskip("hippynn.networks")
+    ours = network(cutoff_form="cos2", max_l=2)
+    config = dict(n_features=8, n_sensitivities=5, dist_soft_min=0.15, dist_soft_max=0.6, dist_hard_max=0.8,
+                  n_atom_layers=1, n_interaction_layers=2, n_input_features=2, resnet=False,
+                  activation=torch.nn.SiLU, cusp_reg=1e-6)
+    reference = hippynn_networks.hipnn.HipnnQuad(**config).double()
+    with torch.no_grad():
+        for block, (interaction, *atom_layers) in zip(ours.blocks, reference.blocks):
+            interaction.sensitivity.mu.copy_(block.interaction.sensitivity.mu)
+            interaction.sensitivity.sigma.copy_(block.interaction.sensitivity.sigma)
+            interaction.int_weights.copy_(block.interaction.weights)
+            interaction.selfint.weight.copy_(block.interaction.self_interaction.weight)
+            interaction.selfint.bias.copy_(block.interaction.self_interaction.bias)
+            interaction.vecscales.copy_(block.interaction.vector_scales)
+            interaction.quadscales.copy_(block.interaction.quadrupole_scales)
+            for theirs, mine in zip(atom_layers, block.atom_layers):
+                theirs.weight.copy_(mine.weight)
+                theirs.bias.copy_(mine.bias)
+    x = configurations(1)[0]
+    first = torch.cat([PAIRS[:, 0], PAIRS[:, 1]])
+    second = torch.cat([PAIRS[:, 1], PAIRS[:, 0]])
+    coords = x[second] - x[first]
+    one_hot = torch.nn.functional.one_hot(TYPES, 2).double()
+    expected = reference(one_hot, first, second, torch.linalg.vector_norm(coords, dim=1), coords)[1:]
+
+    vectors = (x[PAIRS[:, 1]] - x[PAIRS[:, 0]]).unsqueeze(0)
+    r = torch.linalg.vector_norm(vectors, dim=-1)
+    z = one_hot.unsqueeze(0)
+    for block, layer_features in zip(ours.blocks, expected):
+        z, _ = block(z, r, vectors / r.unsqueeze(-1), PAIRS)
+        # Same equations, different summation order: agreement to ~1e-11 (float64).
+        torch.testing.assert_close(z[0], layer_features, rtol=1e-8, atol=1e-10)
