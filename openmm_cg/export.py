@@ -18,7 +18,7 @@ from .errors import ModelFileError
 from .nn.periodic import PeriodicCGPotentialModule
 from .nn.tabulated import PeriodicTabulatedPair
 from .nn.potential import CGPotentialModule
-from .nn.schnet import SchNetConfig
+from .nn.networks import NetworkConfig, architecture_of, n_types_of, network_config_from_dict, network_config_to_dict
 from .outputs import check_output_file, write_json
 from .priors.pair import PAIR_FORM, PairPriorParameters
 from .priors.terms import PRIOR_FORMS, PriorParameters
@@ -31,26 +31,28 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def model_metadata(module: Union[CGPotentialModule, PeriodicCGPotentialModule], mapping_dict: dict,
-                   prior_params: Union[PriorParameters, PairPriorParameters, None], schnet_config: Optional[SchNetConfig], temperatures_K, data_hash: str, extra: Optional[dict] = None) -> dict:
+                   prior_params: Union[PriorParameters, PairPriorParameters, None],
+                   network_config: Optional[NetworkConfig], temperatures_K, data_hash: str,
+                   extra: Optional[dict] = None) -> dict:
     import openmm
 
     periodic = isinstance(module, (PeriodicCGPotentialModule, PeriodicTabulatedPair))
     metadata = {
         "format_version": FORMAT_VERSION,
         "kind": "openmm-cg potential",
-        "architecture": "cgschnet" if schnet_config is not None else "prior-only",
+        "architecture": architecture_of(network_config) if network_config is not None else "prior-only",
         "units": UNITS,
         "periodic": periodic,
         "n_beads": module.n_beads,
         "bead_names": mapping_dict["bead_names"],
         "bead_types": mapping_dict["bead_types"],
         "type_names": mapping_dict["type_names"],
-        "n_types": int(module.network.embedding.num_embeddings) if module.has_network else len(mapping_dict["type_names"]),
+        "n_types": n_types_of(module.network) if module.has_network else len(mapping_dict["type_names"]),
         "masses_amu": mapping_dict["masses_amu"],
         "cg_topology": mapping_dict["cg_topology"],
         "mapping": mapping_dict,
-        "cutoff_nm": module.cutoff_nm if periodic else (schnet_config.cutoff_nm if schnet_config is not None else None),
-        "network_config": copy.deepcopy(schnet_config.__dict__) if schnet_config is not None else None,
+        "cutoff_nm": module.cutoff_nm if periodic else (network_config.cutoff_nm if network_config is not None else None),
+        "network_config": network_config_to_dict(network_config) if network_config is not None else None,
         "energy_scale_kJ_per_mol": float(module.network.energy_scale) if module.has_network else 1.0,
         "temperatures_K": [float(t) for t in temperatures_K],
         "priors": prior_params.to_dict() if prior_params is not None else None,
@@ -68,7 +70,8 @@ def model_metadata(module: Union[CGPotentialModule, PeriodicCGPotentialModule], 
 
 def build_module(metadata: dict) -> Union[CGPotentialModule, PeriodicCGPotentialModule]:
     """An untrained module with the architecture that ``metadata`` describes (load weights into it)."""
-    config = SchNetConfig(**metadata["network_config"]) if metadata.get("network_config") else None
+    config = (network_config_from_dict(metadata["architecture"], metadata["network_config"])
+              if metadata.get("network_config") else None)
     if metadata.get("architecture") == "tabulated-pair":
         table = metadata["tabulated_pair"]
         return PeriodicTabulatedPair(table["r_first_nm"], table["cutoff_nm"], table["force_kJ_per_mol_nm"])

@@ -85,3 +85,49 @@ def test_matches_hippynn_reference_layers():
         z, _ = block(z, r, vectors / r.unsqueeze(-1), PAIRS)
         # Same equations, different summation order: agreement to ~1e-11 (float64).
         torch.testing.assert_close(z[0], layer_features, rtol=1e-8, atol=1e-10)
+
+
+def test_exported_periodic_hipnnts_in_bare_torchforce_equals_the_module(tmp_path):
+    import openmm
+    import openmmtorch
+
+    from openmm_cg.export import export_model, load_eager, model_metadata
+    from openmm_cg.nn.periodic import PeriodicCGPotentialModule
+    from openmm_cg.priors.pair import PairPriorParameters
+
+    torch.manual_seed(3)
+    config = HipNNTSConfig(n_features=8, n_interactions=2, n_atom_layers=1, n_sensitivities=6, cutoff_nm=0.9)
+    prior = PairPriorParameters(c=2e-5, exponent=12.0, cutoff_nm=0.9)
+    module = PeriodicCGPotentialModule([0], prior, config).double()
+    for block in module.network.blocks:
+        torch.nn.init.normal_(block.readout.weight)
+    bead = {"bead_names": ["MOH"], "bead_types": [0], "type_names": ["MOH"], "masses_amu": [32.042],
+            "cg_topology": {"chains": [{"id": "A", "residues": [{"name": "MOH", "id": "1",
+                                                                 "atoms": [{"name": "MOH", "element": None}]}]}],
+                            "bonds": []}}
+    path = export_model(module, model_metadata(module, bead, prior, config, [300.0], "test"), tmp_path / "hip.pt",
+                        dtype="float64")
+    eager, metadata = load_eager(path)
+    assert metadata["architecture"] == "hipnnts" and metadata["network_config"]["max_l"] == 2
+
+    grid = np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3) * 0.5 + 0.1
+    x = torch.as_tensor(grid + np.random.default_rng(0).normal(scale=0.05, size=grid.shape))
+    box = torch.eye(3, dtype=torch.float64) * 2.0
+    force = openmmtorch.TorchForce(str(path))
+    force.setUsesPeriodicBoundaryConditions(True)
+    system = openmm.System()
+    for _ in range(len(x)):
+        system.addParticle(32.0)
+    system.setDefaultPeriodicBoxVectors(*[openmm.Vec3(*row) for row in box.numpy()])
+    system.addForce(force)
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(x.numpy())
+    state = context.getState(getEnergy=True, getForces=True)
+    xg = x.clone().requires_grad_(True)
+    expected = eager(xg, box)
+    (grad,) = torch.autograd.grad(expected, xg)
+    assert state.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole) == pytest.approx(
+        float(expected), rel=1e-9)
+    forces = state.getForces(asNumpy=True).value_in_unit(openmm.unit.kilojoule_per_mole / openmm.unit.nanometer)
+    assert np.abs(forces + grad.numpy()).max() < 1e-6 * np.abs(grad.numpy()).max()
+    assert abs(float(expected) - float(module(x, box))) < 1e-9 * abs(float(expected))

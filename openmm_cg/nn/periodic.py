@@ -1,5 +1,6 @@
 """The CG potential of a periodic system (a liquid of R copies of an n-bead molecule), one module for
-training and (scripted) for export, like ``CGPotentialModule`` for single molecules.
+training and (scripted) for export, like ``CGPotentialModule`` for single molecules. The network is
+CGSchNet or HIP-NN-TS (both give per-bead energies from pair vectors).
 
 Neighbors are searched inside the module on every call (``neighbor_pairs``: minimum image, cell
 list), so the exported file needs only the box that TorchForce passes once
@@ -12,13 +13,14 @@ from torch import nn
 
 from ..priors.pair import PairPriorParameters, PairRepulsion
 from .neighbors import neighbor_pairs
-from .schnet import CGSchNet, SchNetConfig
+from .networks import NetworkConfig, build_network
+from .schnet import SchNetConfig
 
 
 class PeriodicCGPotentialModule(nn.Module):
     """E(positions (R*n, 3) nm, box (3, 3) nm) in kJ/mol; ``energy_batch((B, N, 3), (B, 3, 3))`` -> (B,)."""
 
-    def __init__(self, bead_types, pair_prior: Optional[PairPriorParameters], schnet_config: Optional[SchNetConfig],
+    def __init__(self, bead_types, pair_prior: Optional[PairPriorParameters], network_config: Optional[NetworkConfig],
                  n_types: Optional[int] = None, energy_scale_kJ_per_mol: float = 1.0):
         super().__init__()
         bead_types = torch.as_tensor(bead_types, dtype=torch.long)
@@ -26,16 +28,16 @@ class PeriodicCGPotentialModule(nn.Module):
         self.register_buffer("bead_types", bead_types)
         self.register_buffer("dtype_probe", torch.zeros(0))
         self.has_prior = pair_prior is not None
-        self.has_network = schnet_config is not None
+        self.has_network = network_config is not None
         if not (self.has_prior or self.has_network):
             raise ValueError("a periodic potential needs a pair prior, a network, or both")
         # Placeholders keep TorchScript's attribute types fixed when one part is absent.
         self.prior = PairRepulsion(pair_prior if pair_prior is not None else PairPriorParameters(0.0, 12.0, 1.0))
         n_types = n_types if n_types is not None else int(bead_types.max()) + 1
-        config = schnet_config if schnet_config is not None else SchNetConfig(n_features=1, n_interactions=0, n_rbf=1)
-        self.network = CGSchNet(config, n_types, energy_scale_kJ_per_mol)
+        config = network_config if network_config is not None else SchNetConfig(n_features=1, n_interactions=0, n_rbf=1)
+        self.network = build_network(config, n_types, energy_scale_kJ_per_mol)
         cutoffs = ([pair_prior.cutoff_nm] if pair_prior is not None else []) + \
-                  ([schnet_config.cutoff_nm] if schnet_config is not None else [])
+                  ([network_config.cutoff_nm] if network_config is not None else [])
         self.cutoff_nm = float(max(cutoffs))
 
     def _graph(self, positions: torch.Tensor, boxes: torch.Tensor):

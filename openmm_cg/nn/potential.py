@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..priors.terms import PriorEnergy, PriorParameters
-from .schnet import CGSchNet, SchNetConfig
+from .networks import NetworkConfig, build_network
 
 
 def all_pairs(n_beads: int) -> torch.Tensor:
@@ -35,7 +35,7 @@ class CGPotentialModule(nn.Module):
     N-bead molecule (what openmm-torch's TorchForce calls); ``energy_batch((B, N, 3))`` returns (B,).
     """
 
-    def __init__(self, bead_types, prior_params: Optional[PriorParameters], schnet_config: Optional[SchNetConfig],
+    def __init__(self, bead_types, prior_params: Optional[PriorParameters], network_config: Optional[NetworkConfig],
                  n_types: Optional[int] = None, energy_scale_kJ_per_mol: float = 1.0):
         super().__init__()
         bead_types = torch.as_tensor(bead_types, dtype=torch.long)
@@ -44,9 +44,10 @@ class CGPotentialModule(nn.Module):
         self.register_buffer("pairs", all_pairs(self.n_beads))
         self.register_buffer("dtype_probe", torch.zeros(0))
         self.prior = PriorEnergy(prior_params if prior_params is not None else PriorParameters())
-        self.has_network = schnet_config is not None
+        self.has_network = network_config is not None
         n_types = n_types if n_types is not None else int(bead_types.max()) + 1
-        self.network = CGSchNet(schnet_config, n_types, energy_scale_kJ_per_mol) if schnet_config else ZeroNetwork()
+        self.network = (build_network(network_config, n_types, energy_scale_kJ_per_mol) if network_config is not None
+                        else ZeroNetwork())
 
     @torch.jit.export
     def network_energy(self, positions: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ from typing import List, Optional, Union
 import yaml
 
 from ..errors import InputError
+from ..nn.hipnnts import HipNNTSConfig
 from ..nn.schnet import SchNetConfig
 
 
@@ -30,10 +31,17 @@ class PriorConfig:
     repulsion: bool = True
 
 
+ARCHITECTURES = ("cgschnet", "hipnnts")
+
+
 @dataclass
 class ModelConfig:
-    architecture: str = "cgschnet"
+    architecture: str = "cgschnet"  # which of the sections below is used
     cgschnet: SchNetConfig = field(default_factory=SchNetConfig)
+    hipnnts: HipNNTSConfig = field(default_factory=HipNNTSConfig)
+
+    def network(self):
+        return getattr(self, self.architecture)
 
 
 @dataclass
@@ -64,8 +72,9 @@ class TrainConfig:
     def validate(self) -> None:
         if not self.data.dataset or not all(isinstance(p, str) and p for p in self.data.paths()):
             raise InputError("training config: data.dataset (a CG dataset .h5, or a list of them) is required")
-        if self.model.architecture != "cgschnet":
-            raise InputError(f"training config: unknown architecture {self.model.architecture!r} (available: cgschnet)")
+        if self.model.architecture not in ARCHITECTURES:
+            raise InputError(f"training config: unknown architecture {self.model.architecture!r} "
+                             f"(available: {', '.join(ARCHITECTURES)})")
         if not 0.0 < self.data.validation_fraction < 1.0:
             raise InputError("training config: data.validation_fraction must be between 0 and 1")
         if self.training.export_dtype not in ("float32", "float64"):

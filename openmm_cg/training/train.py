@@ -145,15 +145,15 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
     train_sets = [d.select_trajectories(t) for d, (t, _) in zip(datasets, splits)]
     val_sets = [d.select_trajectories(v) for d, (_, v) in zip(datasets, splits)]
     mapping, periodic = datasets[0].mapping, datasets[0].periodic
-    schnet = config.model.cgschnet
+    network_config = config.model.network()
     if periodic:
-        check_cutoff_fits_boxes(schnet.cutoff_nm, datasets, paths)
+        check_cutoff_fits_boxes(network_config.cutoff_nm, datasets, paths)
 
     priors_path = output / "priors.json"
     if priors_path.exists():
         params = _read_priors(priors_path, periodic)
     else:
-        params = _fit_priors(config, train_sets[0], schnet.cutoff_nm)
+        params = _fit_priors(config, train_sets[0], network_config.cutoff_nm)
         write_json(priors_path, params.to_dict() if params is not None else {})
 
     train_arrays = _delta_arrays(params, train_sets, stride)
@@ -161,7 +161,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
     x_train, x_val, f_val = train_arrays[0], val_arrays[0], val_arrays[-1]
     # Energy scale: force magnitude times a typical bead displacement (0.1 nm) keeps raw outputs O(1).
     energy_scale = float(np.std(train_arrays[-1])) * 0.1
-    model = _build_model(mapping, periodic, params, schnet, energy_scale)
+    model = _build_model(mapping, periodic, params, network_config, energy_scale)
     opt = config.training
     task = ForceMatching(model, opt.learning_rate, opt.weight_decay, opt.lr_factor, opt.lr_patience,
                          opt.min_learning_rate)
@@ -228,7 +228,7 @@ def check_cutoff_fits_boxes(cutoff_nm: float, datasets, paths) -> None:
         limit = max_rdf_range_nm(dataset.box_vectors_nm)
         if cutoff_nm > limit:
             raise InputError(f"cutoff {cutoff_nm} nm exceeds half the smallest box height of {path} ({limit:.3f} nm): "
-                             "the minimum image would miss neighbours; lower model.cgschnet.cutoff_nm")
+                             "the minimum image would miss neighbours; lower the network's cutoff_nm")
 
 
 def _fit_priors(config: TrainConfig, reference: CGDataset, cutoff_nm: float):
@@ -253,12 +253,12 @@ def _read_priors(path: Path, periodic: bool):
     return PriorParameters.from_dict(data)
 
 
-def _build_model(mapping, periodic: bool, params, schnet, energy_scale: float = 1.0):
+def _build_model(mapping, periodic: bool, params, network_config, energy_scale: float = 1.0):
     if periodic:
         unit = repeat_unit(mapping)
-        return PeriodicCGPotentialModule(unit["bead_types"], params, schnet, n_types=len(mapping.type_names),
+        return PeriodicCGPotentialModule(unit["bead_types"], params, network_config, n_types=len(mapping.type_names),
                                          energy_scale_kJ_per_mol=energy_scale)
-    return CGPotentialModule(mapping.bead_types, params, schnet, n_types=len(mapping.type_names),
+    return CGPotentialModule(mapping.bead_types, params, network_config, n_types=len(mapping.type_names),
                              energy_scale_kJ_per_mol=energy_scale)
 
 
@@ -298,7 +298,7 @@ def export_run(run_dir, path, dtype: str = "float32", checkpoint: str = "best", 
     datasets = load_datasets(config.data.paths())
     first, periodic = datasets[0], datasets[0].periodic
     params = _read_priors(run_dir / "priors.json", periodic)
-    model = _load_checkpoint(_build_model(first.mapping, periodic, params, config.model.cgschnet), checkpoint_path)
+    model = _load_checkpoint(_build_model(first.mapping, periodic, params, config.model.network()), checkpoint_path)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     extra = {"training": {"config": asdict(config), "summary": summary}}
@@ -311,7 +311,7 @@ def export_run(run_dir, path, dtype: str = "float32", checkpoint: str = "best", 
         extra["example_positions_nm"] = first.positions_nm[0].tolist()
     hashes = [d.data_hash() for d in datasets]
     data_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
-    metadata = model_metadata(model, mapping_dict, params, config.model.cgschnet,
+    metadata = model_metadata(model, mapping_dict, params, config.model.network(),
                               [d.temperature_K for d in datasets], data_hash, extra=extra)
     return export_model(model, metadata, path, dtype=dtype, overwrite=overwrite)
 

@@ -1,0 +1,36 @@
+"""The learned part of a CG potential: one network per architecture, chosen by its config's type."""
+from dataclasses import asdict
+from typing import Union
+
+from torch import nn
+
+from .hipnnts import HipNNTS, HipNNTSConfig
+from .schnet import CGSchNet, SchNetConfig
+
+NetworkConfig = Union[SchNetConfig, HipNNTSConfig]
+_BY_NAME = {"cgschnet": (SchNetConfig, CGSchNet), "hipnnts": (HipNNTSConfig, HipNNTS)}
+
+
+def architecture_of(config: NetworkConfig) -> str:
+    for name, (config_type, _) in _BY_NAME.items():
+        if isinstance(config, config_type):
+            return name
+    raise TypeError(f"not a network config: {type(config).__name__}")
+
+
+def build_network(config: NetworkConfig, n_types: int, energy_scale_kJ_per_mol: float = 1.0) -> nn.Module:
+    return _BY_NAME[architecture_of(config)][1](config, n_types, energy_scale_kJ_per_mol)
+
+
+def network_config_from_dict(architecture: str, data: dict) -> NetworkConfig:
+    if architecture not in _BY_NAME:
+        raise ValueError(f"unknown network architecture {architecture!r} (known: {sorted(_BY_NAME)})")
+    return _BY_NAME[architecture][0](**data)
+
+
+def network_config_to_dict(config: NetworkConfig) -> dict:
+    return asdict(config)
+
+
+def n_types_of(network: nn.Module) -> int:
+    return int(network.n_types) if isinstance(network, HipNNTS) else int(network.embedding.num_embeddings)
