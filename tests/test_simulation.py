@@ -115,7 +115,7 @@ def test_overlapping_start_is_reported_as_bad_input(ala2_exported, ala2_dataset,
     _, dataset = ala2_dataset
     potential = CGPotential.load(ala2_exported["float32"])
     x = cg_frames(dataset, 1).reshape(-1, 3)
-    x[3] = x[0] + 0.001
+    x[5] = x[0] + 0.001  # the terminal beads, held apart by the repulsion prior
     with pytest.raises(SimulationBlowUpError, match="starting configuration"):
         run_simulation(potential, x, SimulationConfig(n_steps=100, report_interval=10, checkpoint_interval=100,
                                                       platform="CPU"), tmp_path / "run", progress=False)
