@@ -33,8 +33,10 @@ from .. import __version__
 
 H5_METADATA_KEY = "openmm_cg_metadata"
 # Largest relative change of the mean volume between the last two quarters of NPT equilibration that
-# counts as equilibrated (fluctuations of a 125-molecule box are about 1%; a compressing box drifts more).
-NPT_VOLUME_DRIFT_TOLERANCE = 0.01
+# counts as equilibrated. A 125-molecule methanol box fluctuates by ~2% in volume, so the mean of a
+# 35 ps quarter scatters by ~1% (a 1% tolerance refused equilibrated runs); a box still compressing
+# from its 0.5 g/mL start drifts by far more.
+NPT_VOLUME_DRIFT_TOLERANCE = 0.02
 _CONSTRAINTS = {"none": None, "hbonds": app.HBonds, "allbonds": app.AllBonds, "hangles": app.HAngles}
 
 
