@@ -9,10 +9,19 @@ weights, so an untrained model of the liquid architecture is timed unless --mode
 Writes benchmarks/results/liquid_scaling.json: ms per step, ms per step per 1000 beads, and the
 growth of the per-bead cost from 8k to 64k beads (target < 1.5: linear scaling), plus the
 neighbor search alone (cell list) against all pairs at the smallest size as the in-run baseline.
+
+Each size is timed twice, in subprocesses: with glibc's default allocator settings, and with
+MALLOC_MMAP_THRESHOLD_ raised. By default glibc serves every block above 32 MB by a fresh mmap and
+returns it on free, so a 64k-bead step (GBs of autograd buffers) page-faults all of its memory
+again on every step; with the threshold raised, freed memory is reused. The variable must be set
+before Python starts (mallopt() at run time caps the threshold at 32 MB).
 """
 import argparse
 import json
+import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 METHANOL_BEADS_PER_NM3 = 14.85  # 0.79 g/cm^3, 32.04 g/mol
+REUSE_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(16 * 1024 ** 3)}
 
 
 def liquid_positions(n_beads: int, seed: int = 0):
@@ -98,33 +108,52 @@ def main():
     parser.add_argument("--rbf", type=int, default=32)
     parser.add_argument("--cutoff-nm", type=float, default=0.8)
     parser.add_argument("--out", default=str(HERE / "results" / "liquid_scaling.json"))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    import torch
+    if args.worker:
+        import torch
 
-    torch.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+        from openmm_cg.simulation.potential import CGPotential
+
+        potential = CGPotential.load(args.model)
+        print(json.dumps({"ms_per_step": ms_per_step(potential, args.sizes[0], args.steps[0], args.threads),
+                          "peak_memory_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
+
     from openmm_cg.machine import machine_info
-    from openmm_cg.simulation.potential import CGPotential
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.model) if args.model else build_model(Path(tmp) / "liquid.pt", args)
-        potential = CGPotential.load(path)
-        timings = {n: ms_per_step(potential, n, steps, args.threads) for n, steps in zip(args.sizes, args.steps)}
-    per_bead = {n: ms / n * 1000 for n, ms in timings.items()}
+        runs = {}
+        for setting, env in (("default_malloc", {}), ("malloc_reuses_freed_memory", REUSE_FREED_MEMORY)):
+            runs[setting] = {}
+            for n, steps in zip(args.sizes, args.steps):
+                command = [sys.executable, __file__, "--worker", "--model", str(path), "--sizes", str(n),
+                           "--steps", str(steps), "--threads", str(args.threads)]
+                output = subprocess.run(command, env=dict(os.environ, **env), check=True, capture_output=True,
+                                        text=True).stdout
+                runs[setting][n] = json.loads(output.strip().splitlines()[-1])
     result = {
         "machine": machine_info(),
         "model": args.model or {"architecture": "cgschnet (untrained: cost does not depend on weights)",
                                 "n_features": args.features, "n_interactions": args.interactions,
                                 "n_rbf": args.rbf, "cutoff_nm": args.cutoff_nm, "pair_prior": True},
         "platform": "CPU", "threads": args.threads, "density_beads_per_nm3": METHANOL_BEADS_PER_NM3,
-        "ms_per_step": {str(n): ms for n, ms in timings.items()},
-        "ms_per_step_per_1000_beads": {str(n): v for n, v in per_bead.items()},
         "neighbor_search_1000_beads": neighbor_search_ms(args.sizes[0], args.cutoff_nm),
-        "peak_memory_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "allocator_settings": {"default_malloc": "glibc defaults",
+                               "malloc_reuses_freed_memory": REUSE_FREED_MEMORY},
     }
-    if 8000 in per_bead and 64000 in per_bead:
-        result["per_bead_cost_growth_8k_to_64k"] = per_bead[64000] / per_bead[8000]
-        result["target_growth_below_1_5"] = result["per_bead_cost_growth_8k_to_64k"] < 1.5
+    for setting, timings in runs.items():
+        per_bead = {n: run["ms_per_step"] / n * 1000 for n, run in timings.items()}
+        entry = {"ms_per_step": {str(n): run["ms_per_step"] for n, run in timings.items()},
+                 "ms_per_step_per_1000_beads": {str(n): v for n, v in per_bead.items()},
+                 "peak_memory_MB": {str(n): run["peak_memory_MB"] for n, run in timings.items()}}
+        if 8000 in per_bead and 64000 in per_bead:
+            entry["per_bead_cost_growth_8k_to_64k"] = per_bead[64000] / per_bead[8000]
+            entry["target_growth_below_1_5"] = entry["per_bead_cost_growth_8k_to_64k"] < 1.5
+        result[setting] = entry
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
