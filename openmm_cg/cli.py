@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openmm-cg", description="Machine-learned coarse-grained potentials for OpenMM")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="the whole pipeline on alanine dipeptide with small budgets (~15 min on 2 cores)")
+    p = sub.add_parser("demo", help="the whole pipeline on alanine dipeptide with small budgets (~8 min on 2 cores)")
     p.add_argument("--out", default="demo_report")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_demo)
