@@ -88,8 +88,8 @@ def stage_datasets(work: Path, temperatures):
 def observables(positions_nm, boxes_nm, frame_interval_ps, total_mass_amu, rdf_range_nm, rdf_bins, msd_lag_ps,
                 npt_volumes_nm3=None) -> dict:
     """RDF, self-diffusion and density of one CG trajectory set (a list of continuous runs)."""
-    from openmm_cg.analysis.liquid import (density_g_per_mL, mean_squared_displacement, radial_distribution,
-                                           self_diffusion_nm2_per_ps)
+    from openmm_cg.analysis.liquid import mean_squared_displacement, radial_distribution, self_diffusion_nm2_per_ps
+    from openmm_cg.units import density_g_per_mL
 
     rdf = radial_distribution(np.concatenate(positions_nm), np.concatenate(boxes_nm), rdf_range_nm, rdf_bins)
     lag = int(round(msd_lag_ps / frame_interval_ps))

@@ -68,6 +68,17 @@ def model_metadata(module: Union[CGPotentialModule, PeriodicCGPotentialModule], 
     return metadata
 
 
+def liquid_model_description(dataset) -> Tuple[dict, dict]:
+    """(mapping part, extra metadata) of a periodic model trained on ``dataset``: the repeating molecule
+    (what the model describes) with the full reference mapping beside it, and one reference frame."""
+    from .mapping.cgmap import repeat_unit
+
+    mapping_dict = dict(repeat_unit(dataset.mapping), mapping=dataset.mapping.to_dict())
+    extra = {"example_liquid_frame": {"positions_nm": dataset.positions_nm[0].tolist(),
+                                      "box_nm": dataset.box_vectors_nm[0].tolist()}}
+    return mapping_dict, extra
+
+
 def build_module(metadata: dict) -> Union[CGPotentialModule, PeriodicCGPotentialModule]:
     """An untrained module with the architecture that ``metadata`` describes (load weights into it)."""
     config = (network_config_from_dict(metadata["architecture"], metadata["network_config"])

@@ -7,11 +7,17 @@ import numpy as np
 # Molar gas constant in kJ/mol/K (CODATA 2018, as OpenMM uses).
 MOLAR_GAS_CONSTANT_KJ_PER_MOL_K = 8.314462618e-3
 ANGSTROM_PER_NM = 10.0
+AVOGADRO_PER_MOL = 6.02214076e23
 
 # A covalent bond between heavy atoms or to hydrogen is 0.09-0.16 nm; CG bonds between beads are
 # at most ~1 nm. Bond lengths outside these windows mean the data are not in nm.
 ALL_ATOM_BOND_RANGE_NM = (0.07, 0.25)
 CG_BOND_RANGE_NM = (0.05, 1.5)
+
+
+def density_g_per_mL(total_mass_amu: float, volume_nm3) -> np.ndarray:
+    """Mass density of ``total_mass_amu`` in ``volume_nm3`` (1 nm^3 = 1e-21 mL; 1 amu = 1 g/mol)."""
+    return np.asarray(total_mass_amu) / AVOGADRO_PER_MOL / (np.asarray(volume_nm3) * 1e-21)
 
 
 def kT_kJ_per_mol(temperature_K: float) -> float:

@@ -114,8 +114,8 @@ def test_box_vectors_must_be_in_reduced_form():
 
 
 def test_liquid_observables_on_known_cases():
-    from openmm_cg.analysis.liquid import (RDF, density_g_per_mL, mean_squared_displacement, rdf_error,
-                                           self_diffusion_nm2_per_ps)
+    from openmm_cg.analysis.liquid import RDF, mean_squared_displacement, rdf_error, self_diffusion_nm2_per_ps
+    from openmm_cg.units import density_g_per_mL
 
     # Brownian beads with D = 0.01 nm^2/ps in a 3 nm box, not wrapped: the Einstein fit recovers D.
     rng = np.random.default_rng(0)

@@ -89,6 +89,3 @@ def self_diffusion_nm2_per_ps(msd_nm2: np.ndarray, frame_interval_ps: float, fit
     slope = np.polyfit(lags[window] * frame_interval_ps, msd_nm2[window], 1)[0]
     return float(slope / 6.0)
 
-
-def density_g_per_mL(total_mass_amu: float, volume_nm3) -> np.ndarray:
-    return np.asarray(total_mass_amu) / 6.02214076e23 / (np.asarray(volume_nm3) * 1e-21)

@@ -27,11 +27,6 @@ class PairForceTable:
                 "force_kJ_per_mol_nm": np.asarray(self.force_kJ_per_mol_nm).tolist(),
                 "temperature_K": self.temperature_K, "form": "f(r) piecewise linear, U(r) = int_r^cutoff f"}
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "PairForceTable":
-        return cls(float(data["r_first_nm"]), float(data["cutoff_nm"]),
-                   np.asarray(data["force_kJ_per_mol_nm"], dtype=np.float64), float(data["temperature_K"]))
-
 
 def _hat_weights(r: np.ndarray, r_first: float, spacing: float, n_knots: int):
     """(knot index k, weight on k, weight on k+1) of the linear interpolation at each r."""
@@ -46,7 +41,7 @@ def fit_pair_force_matching(dataset: CGDataset, cutoff_nm: float, n_knots: int =
     if not dataset.periodic:
         raise InputError("pair force matching is for periodic liquids (one bead per molecule, boxes stored)")
     frames = np.linspace(0, dataset.n_frames - 1, min(dataset.n_frames, max_frames)).astype(int)
-    pairs_r, closest = [], np.inf
+    closest = np.inf
     for frame in frames[: min(len(frames), 50)]:
         _, vectors = neighbor_pairs(torch.as_tensor(dataset.positions_nm[frame], dtype=torch.float64),
                                     torch.as_tensor(dataset.box_vectors_nm[frame]), cutoff_nm)
@@ -80,14 +75,11 @@ def fit_pair_force_matching(dataset: CGDataset, cutoff_nm: float, n_knots: int =
 
 def export_pair_table(table: PairForceTable, dataset: CGDataset, path, overwrite: bool = False):
     """The fitted table as an openmm-cg model file (periodic, one bead per molecule), like the learned models."""
-    from ..export import export_model, model_metadata
-    from ..mapping.cgmap import repeat_unit
+    from ..export import export_model, liquid_model_description, model_metadata
     from ..nn.tabulated import PeriodicTabulatedPair
 
     module = PeriodicTabulatedPair(table.r_first_nm, table.cutoff_nm, table.force_kJ_per_mol_nm)
-    unit = dict(repeat_unit(dataset.mapping), mapping=dataset.mapping.to_dict())
-    metadata = model_metadata(module, unit, None, None, [table.temperature_K], dataset.data_hash(), extra={
-        "architecture": "tabulated-pair", "prior_forms": None, "tabulated_pair": table.to_dict(),
-        "example_liquid_frame": {"positions_nm": dataset.positions_nm[0].tolist(),
-                                 "box_nm": dataset.box_vectors_nm[0].tolist()}})
+    mapping_dict, extra = liquid_model_description(dataset)
+    extra.update({"architecture": "tabulated-pair", "prior_forms": None, "tabulated_pair": table.to_dict()})
+    metadata = model_metadata(module, mapping_dict, None, None, [table.temperature_K], dataset.data_hash(), extra)
     return export_model(module, metadata, path, dtype="float64", overwrite=overwrite)

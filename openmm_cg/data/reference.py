@@ -28,6 +28,7 @@ from .._runtime import openmm
 from openmm import app, unit
 
 from ..errors import InputError
+from ..units import density_g_per_mL
 from ..topology import topology_to_json
 from .. import __version__
 
@@ -291,15 +292,13 @@ def equilibrate_npt(context, integrator, barostat, system, config: ReferenceConf
     context.reinitialize(preserveState=True)
     context.setPeriodicBoxVectors(*mean_box)
     context.setPositions(positions)
-    total_mass_g = masses.sum() / 6.02214076e23
-    mean_volume_nm3 = float(np.linalg.det(mean_box))
     return {
         "pressure_bar": config.pressure_bar,
         "steps": config.npt_equilibration_steps,
         "volume_nm3_second_half_mean": float(volumes[len(volumes) // 2:].mean()),
         "volume_nm3_second_half_std": float(volumes[len(volumes) // 2:].std()),
         "production_box_nm": mean_box.tolist(),
-        "production_density_g_per_mL": total_mass_g / (mean_volume_nm3 * 1e-21),
+        "production_density_g_per_mL": float(density_g_per_mL(masses.sum(), np.linalg.det(mean_box))),
     }
 
 

@@ -23,7 +23,7 @@ import torch
 from ..analysis.liquid import max_rdf_range_nm, radial_distribution
 from ..data.datasets import CGDataset, trajectory_split
 from ..errors import InputError, OutputExistsError
-from ..export import export_model, model_metadata
+from ..export import export_model, liquid_model_description, model_metadata
 from ..mapping.cgmap import repeat_unit
 from ..nn.periodic import PeriodicCGPotentialModule
 from ..nn.potential import CGPotentialModule
@@ -301,14 +301,11 @@ def export_run(run_dir, path, dtype: str = "float32", checkpoint: str = "best", 
     model = _load_checkpoint(_build_model(first.mapping, periodic, params, config.model.network()), checkpoint_path)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    extra = {"training": {"config": asdict(config), "summary": summary}}
     if periodic:
-        mapping_dict = dict(repeat_unit(first.mapping), mapping=first.mapping.to_dict())
-        extra["example_liquid_frame"] = {"positions_nm": first.positions_nm[0].tolist(),
-                                         "box_nm": first.box_vectors_nm[0].tolist()}
+        mapping_dict, extra = liquid_model_description(first)
     else:
-        mapping_dict = first.mapping.to_dict()
-        extra["example_positions_nm"] = first.positions_nm[0].tolist()
+        mapping_dict, extra = first.mapping.to_dict(), {"example_positions_nm": first.positions_nm[0].tolist()}
+    extra["training"] = {"config": asdict(config), "summary": summary}
     hashes = [d.data_hash() for d in datasets]
     data_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
     metadata = model_metadata(model, mapping_dict, params, config.model.network(),
