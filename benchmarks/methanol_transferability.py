@@ -8,12 +8,14 @@ Stages (each resumable: finished outputs are kept and re-running continues):
 2. datasets: one bead per molecule at its centre of mass, forces summed per molecule.
 3. observables of the reference: RDF, density (the NPT mean), self-diffusion (COM MSD).
 4. models, each trained on a set of temperatures: one (the middle), two (the ends), all but the middle;
-   CGSchNet (configs/methanol_cgschnet.yaml) and the classical baseline, a force-matched pair table
+   CGSchNet and HIP-NN-TS (configs/methanol_models.yaml), a temperature-aware CGSchNet (T as an OpenMM
+   global parameter) trained on the two ends, and the classical baseline, a force-matched pair table
    fitted at the middle temperature only.
 5. CG runs of every model at every temperature, started from a mapped reference frame: NVT in the
    reference box (RDF, diffusion) and NPT at 1 bar (density).
 6. table: RDF error (integral of |g_CG - g_AA| dr, nm), density error (%), diffusion ratio D_CG/D_AA,
-   for every model x evaluation temperature, marked training or held-out; the target (held-out RDF
+   virial pressure of the CG NVT run in the all-atom box (the all-atom pressure there is 1 bar: the box
+   is the NPT mean), for every model x evaluation temperature, marked training or held-out; the target (held-out RDF
    error at most twice the training one, and below the baseline's) per learned model.
 Writes benchmarks/results/methanol_transferability.json and methanol_rdf.png.
 """
@@ -36,20 +38,21 @@ TEMPERATURES_K = [250.0, 270.0, 290.0, 310.0, 330.0]
 @dataclass
 class ModelSpec:
     name: str
-    kind: str  # "cgschnet" or "fm_pair"
+    kind: str  # a learned architecture ("cgschnet", "hipnnts") or "fm_pair" (the classical baseline)
     train_temperatures_K: List[float]
+    temperature_input: bool = False
 
 
 def model_specs(temperatures: List[float]) -> List[ModelSpec]:
+    """In the order they are trained and run: the single-temperature models and the baseline first."""
     middle = temperatures[len(temperatures) // 2]
-    ends = [temperatures[0], temperatures[-1]]
-    all_but_middle = [t for t in temperatures if t != middle]
-    return [
-        ModelSpec(f"cgschnet_T{middle:g}", "cgschnet", [middle]),
-        ModelSpec("cgschnet_two_ends", "cgschnet", ends),
-        ModelSpec(f"cgschnet_all_but_T{middle:g}", "cgschnet", all_but_middle),
-        ModelSpec(f"fm_pair_T{middle:g}", "fm_pair", [middle]),
-    ]
+    sets = {f"T{middle:g}": [middle], "two_ends": [temperatures[0], temperatures[-1]],
+            f"all_but_T{middle:g}": [t for t in temperatures if t != middle]}
+    specs = [ModelSpec(f"fm_pair_T{middle:g}", "fm_pair", [middle])]
+    for label, train_temperatures in sets.items():
+        specs += [ModelSpec(f"{kind}_{label}", kind, train_temperatures) for kind in ("cgschnet", "hipnnts")]
+    specs.append(ModelSpec("cgschnet_temperature_input_two_ends", "cgschnet", sets["two_ends"], True))
+    return specs
 
 
 def dataset_path(work: Path, temperature: float) -> Path:
@@ -143,11 +146,17 @@ def stage_models(work: Path, specs, args) -> dict:
             dataset = dataset.select_trajectories(train_ids)
             export_pair_table(fit_pair_force_matching(dataset, args.cutoff_nm), dataset, path)
             continue
-        settings = yaml.safe_load((CONFIGS / "methanol_cgschnet.yaml").read_text())
+        settings = yaml.safe_load((CONFIGS / "methanol_models.yaml").read_text())
         settings["data"]["dataset"] = datasets
+        settings["model"]["architecture"] = spec.kind
+        settings["model"]["temperature_input"] = spec.temperature_input
         settings["output"] = str(work / "train" / spec.name)
         if args.max_epochs:
             settings["training"]["max_epochs"] = args.max_epochs
+        if args.max_train_minutes:
+            settings["training"]["max_time_minutes"] = args.max_train_minutes
+        if args.frame_stride:
+            settings["data"]["frame_stride"] = args.frame_stride
         run = Path(settings["output"])
         train(config_from_dict(settings), resume=(run / "checkpoints" / "last.ckpt").exists())
         export_run(run, path, overwrite=True)
@@ -181,6 +190,18 @@ def stage_cg_runs(work: Path, models: dict, temperatures, args) -> dict:
     return results
 
 
+def energy_function(model_path: Path, temperature: float):
+    """(positions (1, N, 3), boxes (1, 3, 3)) -> energies (1,) of an exported model at ``temperature``."""
+    import torch
+
+    from openmm_cg.export import load_exported
+
+    module, metadata = load_exported(model_path)
+    if metadata.get("temperature_input"):
+        return lambda x, b: module.energy_batch(x, b, torch.tensor([temperature], dtype=torch.float64))
+    return module.energy_batch
+
+
 def load_cg_trajectory(run: dict, skip_ps: float, frame_interval_ps: float):
     import mdtraj
 
@@ -200,20 +221,23 @@ def main():
     parser.add_argument("--npt-steps", type=int, help="override the NPT equilibration length (smoke runs)")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--max-epochs", type=int)
+    parser.add_argument("--max-train-minutes", type=float, help="override the per-model training time cap")
+    parser.add_argument("--frame-stride", type=int, help="train on every n-th reference frame (smoke runs)")
     parser.add_argument("--cutoff-nm", type=float, default=0.9)
     parser.add_argument("--rdf-range-nm", type=float, default=0.95)
     parser.add_argument("--rdf-bins", type=int, default=95)
     parser.add_argument("--msd-lag-ps", type=float, default=10.0)
-    parser.add_argument("--cg-steps", type=int, default=20000)
+    parser.add_argument("--cg-steps", type=int, default=10000, help="per run: 40 ps of 4 fs steps")
     parser.add_argument("--cg-timestep-fs", type=float, default=4.0)
     parser.add_argument("--cg-report-interval", type=int, default=25)
     parser.add_argument("--cg-skip-ps", type=float, default=10.0, help="equilibration dropped from CG runs")
+    parser.add_argument("--pressure-frames", type=int, default=200, help="CG frames per virial pressure")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
 
-    from openmm_cg.analysis.liquid import RDF, rdf_error
+    from openmm_cg.analysis.liquid import RDF, rdf_error, virial_pressure_bar
     from openmm_cg.data.datasets import CGDataset
     from openmm_cg.machine import machine_info
 
@@ -239,7 +263,8 @@ def main():
         for temperature in temperatures:
             run = runs[(spec.name, temperature)]
             aa = reference[f"{temperature:g}"]
-            row = {"model": spec.name, "kind": spec.kind, "train_temperatures_K": spec.train_temperatures_K,
+            row = {"model": spec.name, "kind": spec.kind, "temperature_input": spec.temperature_input,
+                   "train_temperatures_K": spec.train_temperatures_K,
                    "temperature_K": temperature, "held_out": temperature not in spec.train_temperatures_K}
             if "error" in run["nvt"] or "error" in run["npt"]:
                 row["failed"] = run["nvt"].get("error") or run["npt"].get("error")
@@ -249,6 +274,9 @@ def main():
             _, npt_boxes = load_cg_trajectory(run["npt"], args.cg_skip_ps, interval_ps)
             cg = observables([x], [boxes], interval_ps, mass, args.rdf_range_nm, args.rdf_bins, args.msd_lag_ps,
                              npt_volumes_nm3=np.linalg.det(npt_boxes))
+            frames = np.linspace(0, len(x) - 1, min(len(x), args.pressure_frames)).astype(int)
+            pressure = virial_pressure_bar(energy_function(models[spec.name], temperature), x[frames], boxes[frames],
+                                           temperature)
             curves[(spec.name, temperature)] = cg
             row.update({
                 "rdf_error_nm": rdf_error(RDF(np.array(aa["rdf_r_nm"]), np.array(aa["rdf_g"]), 0),
@@ -257,6 +285,8 @@ def main():
                 "density_error_percent": 100 * (cg["density_g_per_mL"] / aa["density_g_per_mL"] - 1),
                 "diffusion_nm2_per_ps": cg["diffusion_nm2_per_ps"], "diffusion_aa_nm2_per_ps": aa["diffusion_nm2_per_ps"],
                 "diffusion_ratio_cg_over_aa": cg["diffusion_nm2_per_ps"] / aa["diffusion_nm2_per_ps"],
+                "pressure_bar": float(pressure.mean()),
+                "pressure_standard_error_bar": float(pressure.std(ddof=1) / np.sqrt(len(pressure))),
                 "cg_steps_per_second": run["nvt"]["steps_per_second"],
             })
             rows.append(row)
@@ -269,7 +299,10 @@ def main():
         trained = [r["rdf_error_nm"] for r in mine if not r["held_out"] and "rdf_error_nm" in r]
         held = [r["rdf_error_nm"] for r in mine if r["held_out"] and "rdf_error_nm" in r]
         failed = [r["temperature_K"] for r in mine if "failed" in r]
-        entry = {"rdf_error_training_mean_nm": float(np.mean(trained)) if trained else None,
+        training_summary = work / "train" / spec.name / "summary.json"
+        entry = {"validation_force_rmse_kJ_per_mol_nm": json.loads(training_summary.read_text()).get(
+                     "validation_force_rmse_kJ_per_mol_nm") if training_summary.exists() else None,
+                 "rdf_error_training_mean_nm": float(np.mean(trained)) if trained else None,
                  "rdf_error_held_out_mean_nm": float(np.mean(held)) if held else None, "failed_at_K": failed}
         if spec.kind != "fm_pair" and trained and held and baseline_held_out is not None:
             entry["target_held_out_at_most_twice_training"] = bool(np.mean(held) <= 2 * np.mean(trained))
@@ -284,6 +317,8 @@ def main():
         "diffusion_nm2_per_ps": {k: v["diffusion_nm2_per_ps"] for k, v in reference.items()}},
         "cg_run": {"steps": args.cg_steps, "timestep_fs": args.cg_timestep_fs, "skip_ps": args.cg_skip_ps},
         "rdf_error_definition": "integral over 0..rdf_range of |g_CG(r) - g_AA(r)| dr, in nm",
+        "pressure_definition": "virial pressure (bar) of the CG NVT run in the all-atom NVT box, whose all-atom "
+                               "pressure is 1 bar (the box is the NPT mean at 1 bar)",
         "rows": rows, "summary": summary}
     (out / "methanol_transferability.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_rdfs(reference, curves, specs, temperatures, out / "methanol_rdf.png")

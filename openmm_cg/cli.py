@@ -4,19 +4,24 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import InputError, ModelFileError, OutputExistsError, SimulationBlowUpError
+from .errors import InputError, ModelFileError, OutputExistsError, RolloutStopped, SimulationBlowUpError
 
 
 def _reference(args):
     from .data.reference import ReferenceConfig, generate_reference
 
-    config = ReferenceConfig(
-        testsystem=None if (args.pdb or args.prmtop) else args.testsystem, pdb=args.pdb, prmtop=args.prmtop,
-        forcefield=args.forcefield, temperature_K=args.temperature, timestep_ps=args.timestep,
-        friction_per_ps=args.friction, constraints=args.constraints, save_interval_steps=args.save_interval_steps,
-        frames_per_seed=args.frames_per_seed, equilibration_steps=args.equilibration_steps, seeds=args.seeds,
-        platform=args.platform, threads_per_seed=args.threads_per_seed,
-    )
+    if args.config:
+        import yaml
+
+        config = ReferenceConfig(**yaml.safe_load(Path(args.config).read_text()))
+    else:
+        config = ReferenceConfig(
+            testsystem=None if (args.pdb or args.prmtop) else args.testsystem, pdb=args.pdb, prmtop=args.prmtop,
+            forcefield=args.forcefield, temperature_K=args.temperature, timestep_ps=args.timestep,
+            friction_per_ps=args.friction, constraints=args.constraints, save_interval_steps=args.save_interval_steps,
+            frames_per_seed=args.frames_per_seed, equilibration_steps=args.equilibration_steps, seeds=args.seeds,
+            platform=args.platform, threads_per_seed=args.threads_per_seed,
+        )
     out = Path(args.out)
     if out.exists() and any(p for p in out.iterdir() if not p.name.startswith("seed_") and p.name != "reference_config.json"):
         raise OutputExistsError(f"{out} holds files that are not reference data; choose another folder")
@@ -122,6 +127,26 @@ def _info(args):
     print(json.dumps(metadata, indent=2))
 
 
+def _rollout(args):
+    import numpy as np
+
+    from .dynamics.data import PolymerCGData
+    from .dynamics.rollout import RolloutConfig, history_from_frames, rollout
+    from .dynamics.train import load_dynamics
+
+    _, metadata = load_dynamics(args.dynamics)
+    data = PolymerCGData.load(args.data)
+    chains = [data.chains[i] for i in args.chains] if args.chains else data.chains
+    history = np.concatenate([history_from_frames(c.positions_nm, data.frame_interval_ps, metadata, args.start_frame)
+                              for c in chains], axis=1)
+    config = RolloutConfig(steps=args.steps, seed=args.seed, report_interval=args.report_interval,
+                           checkpoint_interval=args.checkpoint_interval, format=args.format, refinement=args.refinement,
+                           stop_on_failure=not args.keep_going)
+    summary = rollout(args.dynamics, [c.sequence for c in chains], history, config, args.out, score_path=args.score,
+                      overwrite=args.overwrite)
+    print(json.dumps(summary, indent=2))
+
+
 def _demo(args):
     from .demo import run_demo
 
@@ -139,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("reference", help="all-atom Langevin MD with forces saved (resumable: re-run to continue)")
+    p.add_argument("--config", help="a reference YAML (ReferenceConfig fields, e.g. openmm_cg/configs/"
+                                    "polymer_reference.yaml); replaces the options below")
     p.add_argument("--testsystem", default="AlanineDipeptideImplicit", help="an openmmtools.testsystems name")
     p.add_argument("--pdb", help="a PDB file (with --forcefield, or starting coordinates for --prmtop)")
     p.add_argument("--prmtop", help="an Amber prmtop (implicit solvent OBC2)")
@@ -210,6 +237,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_analyze)
 
+    p = sub.add_parser("rollout", help="learned large-time-step dynamics of polymer chains (resumable)")
+    p.add_argument("--dynamics", required=True, help="dynamics.pt of a trained propagator")
+    p.add_argument("--score", help="score.pt, for --refinement score")
+    p.add_argument("--data", required=True, help="polymer CG data (.h5): the chains and their start frames")
+    p.add_argument("--chains", type=int, nargs="*", help="chain indices (default: all)")
+    p.add_argument("--start-frame", type=int, default=None, help="last history frame (default: the first possible)")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--refinement", default="none", choices=["none", "score"])
+    p.add_argument("--report-interval", type=int, default=1)
+    p.add_argument("--checkpoint-interval", type=int, default=100)
+    p.add_argument("--format", default="dcd", choices=["dcd", "h5"])
+    p.add_argument("--keep-going", action="store_true", help="freeze a chain that collides instead of stopping")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_rollout)
+
     p = sub.add_parser("info", help="print an exported model's metadata")
     p.add_argument("model")
     p.add_argument("--full", action="store_true")
@@ -221,7 +265,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (InputError, ModelFileError, OutputExistsError, SimulationBlowUpError) as error:
+    except (InputError, ModelFileError, OutputExistsError, SimulationBlowUpError, RolloutStopped) as error:
         print(f"openmm-cg {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

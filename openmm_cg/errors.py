@@ -20,3 +20,7 @@ class SimulationBlowUpError(RuntimeError):
         super().__init__(message)
         self.step = step
         self.last_good_state_path = last_good_state_path
+
+
+class RolloutStopped(RuntimeError):
+    """A learned dynamics step produced an unphysical frame (collision, blow-up); the last good state is kept."""

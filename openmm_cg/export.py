@@ -88,14 +88,22 @@ def build_module(metadata: dict) -> Union[CGPotentialModule, PeriodicCGPotential
         return PeriodicTabulatedPair(table["r_first_nm"], table["cutoff_nm"], table["force_kJ_per_mol_nm"])
     if metadata.get("periodic"):
         pair = PairPriorParameters.from_dict(metadata["priors"]) if metadata.get("priors") else None
+        temperature_input = metadata.get("temperature_input")
         return PeriodicCGPotentialModule(metadata["bead_types"], pair, config, n_types=metadata["n_types"],
-                                         energy_scale_kJ_per_mol=metadata["energy_scale_kJ_per_mol"])
+                                         energy_scale_kJ_per_mol=metadata["energy_scale_kJ_per_mol"],
+                                         temperature_reference_K=temperature_input["reference_K"]
+                                         if temperature_input else None)
     return CGPotentialModule(metadata["bead_types"], PriorParameters.from_dict(metadata["priors"]), config,
                              n_types=metadata["n_types"], energy_scale_kJ_per_mol=metadata["energy_scale_kJ_per_mol"])
 
 
 def export_model(module: Union[CGPotentialModule, PeriodicCGPotentialModule], metadata: dict, path, dtype: str = "float32", overwrite: bool = False) -> Path:
     """Write ``path`` (TorchScript), ``<stem>.json`` and ``<stem>.state.pt``."""
+    return save_scripted(module, metadata, path, dtype, overwrite)
+
+
+def save_scripted(module: torch.nn.Module, metadata: dict, path, dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Any openmm-cg network as TorchScript with its metadata inside, plus the JSON and weights beside it."""
     path = check_output_file(path, overwrite)
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
@@ -123,8 +131,8 @@ def read_metadata(path) -> dict:
     return load_exported(path)[1]
 
 
-def load_exported(path, map_location: str = "cpu"):
-    """(scripted module, metadata); a clear ModelFileError for anything that is not an openmm-cg model."""
+def load_exported(path, map_location: str = "cpu", kind: str = "openmm-cg potential"):
+    """(scripted module, metadata); a clear ModelFileError for anything that is not an openmm-cg ``kind``."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
@@ -140,8 +148,8 @@ def load_exported(path, map_location: str = "cpu"):
         metadata = json.loads(extra[METADATA_FILE])
     except json.JSONDecodeError as error:
         raise ModelFileError(f"{path}: its metadata is not valid JSON ({error})") from None
-    if metadata.get("kind") != "openmm-cg potential":
-        raise ModelFileError(f"{path}: metadata kind is {metadata.get('kind')!r}, not an openmm-cg potential")
+    if metadata.get("kind") != kind:
+        raise ModelFileError(f"{path}: metadata kind is {metadata.get('kind')!r}, not an {kind}")
     if metadata.get("format_version", 0) > FORMAT_VERSION:
         raise ModelFileError(f"{path} uses model format {metadata['format_version']}; this openmm-cg "
                              f"({__version__}) reads up to {FORMAT_VERSION}: upgrade openmm-cg")

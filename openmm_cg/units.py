@@ -20,6 +20,11 @@ def density_g_per_mL(total_mass_amu: float, volume_nm3) -> np.ndarray:
     return np.asarray(total_mass_amu) / AVOGADRO_PER_MOL / (np.asarray(volume_nm3) * 1e-21)
 
 
+def pressure_bar(kJ_per_mol_nm3) -> np.ndarray:
+    """A pressure in kJ/mol/nm^3 (energy per volume, per mole) in bar (1e5 Pa): x 16.6054."""
+    return np.asarray(kJ_per_mol_nm3) * 1e3 / AVOGADRO_PER_MOL / 1e-27 / 1e5
+
+
 def kT_kJ_per_mol(temperature_K: float) -> float:
     return MOLAR_GAS_CONSTANT_KJ_PER_MOL_K * float(temperature_K)
 

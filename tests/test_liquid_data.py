@@ -131,3 +131,34 @@ def test_liquid_observables_on_known_cases():
     assert rdf_error(RDF(r, np.ones(100), 1), RDF(r, np.ones(100) + 0.5 * (r < 0.5), 1)) == pytest.approx(0.25, rel=1e-9)
     # 125 methanol molecules in 8.3 nm^3 (the equilibrated MethanolBox): ~0.80 g/mL.
     assert density_g_per_mL(125 * 32.042, 8.305) == pytest.approx(0.8004, rel=1e-3)
+
+
+def test_virial_pressure_equals_the_pair_virial_and_the_ideal_gas():
+    import torch
+
+    from openmm_cg.analysis.liquid import virial_pressure_bar
+
+    rng = np.random.default_rng(1)
+    n, box_nm, temperature = 60, 2.2, 300.0
+    x = rng.uniform(0, box_nm, size=(3, n, 3))
+    boxes = np.tile(np.eye(3) * box_nm, (3, 1, 1))
+    # Ideal gas: N kT / V = 60 * 2.4943 kJ/mol / 10.648 nm^3 = 14.055 kJ/mol/nm^3 = 233.4 bar.
+    ideal = virial_pressure_bar(lambda p, b: (p * 0).sum(dim=(1, 2)), x, boxes, temperature)
+    assert ideal == pytest.approx(np.full(3, 14.0551 * 16.6054), rel=1e-4)
+
+    def soft_pairs(positions, box):  # a soft Gaussian repulsion under the minimum image
+        d = positions[0, :, None] - positions[0, None, :]
+        d = d - box[0, 0, 0] * torch.round(d / box[0, 0, 0])
+        r2 = (d ** 2).sum(-1)[tuple(torch.triu_indices(n, n, 1))]
+        return (5.0 * torch.exp(-r2 / 0.09)).sum().reshape(1)
+
+    pressure = virial_pressure_bar(soft_pairs, x, boxes, temperature)
+    # The pair virial: P = (N kT + 1/3 sum_ij r_ij . f_ij) / V, with f_ij = -dU/dr r_hat along r_ij.
+    d = x[:, :, None] - x[:, None, :]
+    d -= box_nm * np.round(d / box_nm)
+    r2 = (d ** 2).sum(-1)
+    i, j = np.triu_indices(n, 1)
+    w = (2.0 * r2[:, i, j] / 0.09 * 5.0 * np.exp(-r2[:, i, j] / 0.09)).sum(1)  # r . f = -r dU/dr
+    expected = (n * 8.314462618e-3 * temperature + w / 3.0) / box_nm ** 3 * 16.6054
+    np.testing.assert_allclose(pressure, expected, rtol=1e-5)
+    assert np.all(pressure > ideal)  # repulsion raises the pressure

@@ -1,4 +1,4 @@
-"""Structure of CG liquids: radial distribution functions under periodic boundary conditions."""
+"""Observables of CG liquids under periodic boundary conditions: RDF, diffusion, virial pressure."""
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,7 +72,12 @@ def mean_squared_displacement(positions_nm: np.ndarray, box_vectors_nm: np.ndarr
     if jumps > max_rdf_range_nm(box_vectors_nm):
         raise InputError(f"a bead moves {jumps:.3f} nm between frames, more than half the box: the positions look "
                          "wrapped into the box; diffusion needs continuous (unwrapped) positions")
-    x = x - x.mean(axis=1, keepdims=True)  # remove the drift of the whole system
+    return msd_nm2(x - x.mean(axis=1, keepdims=True), max_lag)  # without the drift of the whole system
+
+
+def msd_nm2(positions_nm: np.ndarray, max_lag: int) -> np.ndarray:
+    """MSD (nm^2) of continuous positions (F, N, 3) at lags 0..max_lag frames, over particles and time origins."""
+    x = np.asarray(positions_nm, dtype=np.float64)
     msd = np.zeros(max_lag + 1)
     for lag in range(1, max_lag + 1):
         msd[lag] = ((x[lag:] - x[:-lag]) ** 2).sum(-1).mean()
@@ -89,3 +94,31 @@ def self_diffusion_nm2_per_ps(msd_nm2: np.ndarray, frame_interval_ps: float, fit
     slope = np.polyfit(lags[window] * frame_interval_ps, msd_nm2[window], 1)[0]
     return float(slope / 6.0)
 
+
+
+def virial_pressure_bar(energy_fn, positions_nm: np.ndarray, box_vectors_nm: np.ndarray, temperature_K: float) -> np.ndarray:
+    """Instantaneous pressure of every frame (bar) from the volume derivative of the potential energy.
+
+    P = (N kT - dU/ds / 3) / V, where every coordinate and box vector is scaled by s (the virial of
+    any potential, pairwise or many-body, as long as it is a function of positions and box alone);
+    N counts the particles, so for one bead per molecule it is the molecular pressure. ``energy_fn``
+    maps (1, N, 3) positions and (1, 3, 3) boxes (float64 tensors) to energies (1,) in kJ/mol. A
+    force-matched CG potential has no volume-dependent term, so its pressure need not match the
+    all-atom one even where its structure does (Das & Andersen 2010).
+    """
+    import torch
+
+    from ..units import kT_kJ_per_mol, pressure_bar
+
+    x = np.asarray(positions_nm, dtype=np.float64)
+    boxes = np.asarray(box_vectors_nm, dtype=np.float64)
+    if x.ndim != 3 or boxes.shape != (len(x), 3, 3):
+        raise InputError(f"a pressure needs frames (F, N, 3) and boxes (F, 3, 3); got {x.shape} and {boxes.shape}")
+    out = np.empty(len(x))
+    for k in range(len(x)):
+        scale = torch.ones((), dtype=torch.float64, requires_grad=True)
+        energy = energy_fn(scale * torch.as_tensor(x[k:k + 1]), scale * torch.as_tensor(boxes[k:k + 1])).sum()
+        (dU_ds,) = torch.autograd.grad(energy, scale)
+        volume = abs(float(np.linalg.det(boxes[k])))
+        out[k] = (x.shape[1] * kT_kJ_per_mol(temperature_K) - float(dU_ds) / 3.0) / volume
+    return pressure_bar(out)

@@ -43,7 +43,8 @@ _CONSTRAINTS = {"none": None, "hbonds": app.HBonds, "allbonds": app.AllBonds, "h
 
 @dataclass
 class ReferenceConfig:
-    """How to run the all-atom reference. Give either ``testsystem`` or ``pdb`` (+ force field)."""
+    """How to run the fine-level reference. Give one source: ``testsystem``, ``pdb`` (+ force field) or
+    ``prmtop`` (+ pdb), or ``polymers`` (a bead-spring chain set, ``openmm_cg.data.polymers``)."""
 
     testsystem: Optional[str] = "AlanineDipeptideImplicit"
     pdb: Optional[str] = None
@@ -63,13 +64,19 @@ class ReferenceConfig:
     pressure_bar: Optional[float] = None  # NPT equilibration to the system's own density, then NVT
     npt_equilibration_steps: int = 0
     barostat_interval_steps: int = 25
+    polymers: Optional[dict] = None  # PolymerSetConfig fields; set testsystem to None with it
 
     def validate(self) -> None:
-        if (self.testsystem is None) == (self.pdb is None and self.prmtop is None):
-            raise InputError("give exactly one source: a testsystem name, or a PDB (+ force field) / prmtop")
+        sources = [self.testsystem is not None, self.pdb is not None or self.prmtop is not None, self.polymers is not None]
+        if sum(sources) != 1:
+            raise InputError("give exactly one source: a testsystem name, a PDB (+ force field) / prmtop, or polymers")
+        if self.polymers is not None:
+            from .polymers import polymer_set_from_dict
+
+            polymer_set_from_dict(self.polymers)
         if self.constraints.lower() not in _CONSTRAINTS:
             raise InputError(f"constraints must be one of {sorted(_CONSTRAINTS)}, got {self.constraints!r}")
-        if self.constraints.lower() == "none" and self.timestep_ps > 0.0015:
+        if self.constraints.lower() == "none" and self.timestep_ps > 0.0015 and self.polymers is None:
             raise InputError(
                 f"timestep {self.timestep_ps} ps without constraints is unstable for bonds to hydrogen; "
                 "use at most 0.001 ps or constraints='HBonds'"
@@ -86,6 +93,8 @@ class ReferenceConfig:
         return self.save_interval_steps * self.timestep_ps
 
     def source_description(self) -> str:
+        if self.polymers is not None:
+            return "openmm_cg.data.polymers:" + json.dumps(self.polymers, sort_keys=True)
         if self.testsystem:
             return f"openmmtools.testsystems.{self.testsystem}"
         if self.prmtop:
@@ -96,6 +105,11 @@ class ReferenceConfig:
 def build_system(config: ReferenceConfig):
     """(System, Topology, positions in nm as ndarray) for the configured source."""
     constraints = _CONSTRAINTS[config.constraints.lower()]
+    if config.polymers is not None:
+        from .polymers import build_polymer_system, polymer_set_from_dict
+
+        system, topology, positions_nm = build_polymer_system(polymer_set_from_dict(config.polymers))
+        return system, topology, positions_nm
     if config.testsystem:
         from openmmtools import testsystems  # imported lazily: it prints banners at import
 
@@ -130,7 +144,7 @@ def _metadata(config: ReferenceConfig, seed: int, system, topology) -> dict:
     return {
         "kind": "all_atom_reference",
         "source": config.source_description(),
-        "forcefield": config.forcefield if not config.testsystem else config.testsystem,
+        "forcefield": config.testsystem or ("bead-spring" if config.polymers is not None else config.forcefield),
         "temperature_K": config.temperature_K,
         "timestep_ps": config.timestep_ps,
         "friction_per_ps": config.friction_per_ps,
@@ -150,7 +164,14 @@ def _metadata(config: ReferenceConfig, seed: int, system, topology) -> dict:
         "pressure_bar": config.pressure_bar,
         "npt_equilibration_steps": config.npt_equilibration_steps if config.pressure_bar is not None else 0,
         "ensemble": "NVT" if config.pressure_bar is None else "NVT at the mean NPT box",
+        **(_polymer_description(config.polymers) if config.polymers is not None else {}),
     }
+
+
+def _polymer_description(options: dict) -> dict:
+    from .polymers import describe, polymer_set_from_dict
+
+    return describe(polymer_set_from_dict(options))
 
 
 # Keys that must agree between an existing file and the config that resumes it.

@@ -118,7 +118,7 @@ class TensorInteraction(nn.Module):
 class HipBlock(nn.Module):
     """One interaction layer, its atom layers, and its energy read-out."""
 
-    def __init__(self, n_in: int, config: HipNNTSConfig):
+    def __init__(self, n_in: int, config: HipNNTSConfig, n_outputs: int = 1):
         super().__init__()
         self.interaction = TensorInteraction(n_in, config.n_features, config)
         self.atom_layers = nn.ModuleList([nn.Linear(config.n_features, config.n_features)
@@ -126,19 +126,19 @@ class HipBlock(nn.Module):
         for layer in self.atom_layers:
             nn.init.xavier_normal_(layer.weight)
         self.act = activation(config.activation)
-        self.readout = nn.Linear(config.n_features, 1)
+        self.readout = nn.Linear(config.n_features, n_outputs)
 
     def forward(self, z: torch.Tensor, r: torch.Tensor, unit: torch.Tensor, pairs: torch.Tensor):
         z = self.act(self.interaction(z, r, unit, pairs))
         for layer in self.atom_layers:
             z = self.act(layer(z))
-        return z, self.readout(z).squeeze(-1)
+        return z, self.readout(z)
 
 
 class HipNNTS(nn.Module):
     """Bead energies from one-hot bead types and pair vectors, like ``CGSchNet.bead_energies``."""
 
-    def __init__(self, config: HipNNTSConfig, n_types: int, energy_scale_kJ_per_mol: float = 1.0):
+    def __init__(self, config: HipNNTSConfig, n_types: int, energy_scale_kJ_per_mol: float = 1.0, n_outputs: int = 1):
         super().__init__()
         if config.max_l not in (0, 1, 2):
             raise ValueError("HIP-NN-TS max_l must be 0, 1 or 2")
@@ -146,7 +146,8 @@ class HipNNTS(nn.Module):
             raise ValueError("cutoff_form must be 'quintic' or 'cos2'")
         self.n_types = n_types
         sizes = [n_types] + [config.n_features] * config.n_interactions
-        self.blocks = nn.ModuleList([HipBlock(n_in, config) for n_in in sizes[:-1]])
+        self.n_outputs = n_outputs
+        self.blocks = nn.ModuleList([HipBlock(n_in, config, n_outputs) for n_in in sizes[:-1]])
         nn.init.zeros_(self.blocks[-1].readout.weight)
         nn.init.zeros_(self.blocks[-1].readout.bias)
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale_kJ_per_mol)))
@@ -158,10 +159,15 @@ class HipNNTS(nn.Module):
     @torch.jit.export
     def bead_energies(self, vectors: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
         """(batch, beads) energies from pair vectors r_j - r_i (batch, pairs, 3) of pairs i < j."""
+        return self.bead_outputs(vectors, types, pairs)[..., 0]
+
+    @torch.jit.export
+    def bead_outputs(self, vectors: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        """(batch, beads, n_outputs) energy channels (kJ/mol); several channels serve state-dependent models."""
         r = torch.linalg.vector_norm(vectors, dim=-1)
         unit = vectors / r.unsqueeze(-1)
         z = nn.functional.one_hot(types, self.n_types).to(vectors.dtype).unsqueeze(0).expand(vectors.shape[0], -1, -1)
-        total = torch.zeros(vectors.shape[0], types.shape[0], dtype=vectors.dtype, device=vectors.device)
+        total = torch.zeros(vectors.shape[0], types.shape[0], self.n_outputs, dtype=vectors.dtype, device=vectors.device)
         for block in self.blocks:
             z, energy = block(z, r, unit, pairs)
             total = total + energy

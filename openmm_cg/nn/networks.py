@@ -18,8 +18,10 @@ def architecture_of(config: NetworkConfig) -> str:
     raise TypeError(f"not a network config: {type(config).__name__}")
 
 
-def build_network(config: NetworkConfig, n_types: int, energy_scale_kJ_per_mol: float = 1.0) -> nn.Module:
-    return _BY_NAME[architecture_of(config)][1](config, n_types, energy_scale_kJ_per_mol)
+def build_network(config: NetworkConfig, n_types: int, energy_scale_kJ_per_mol: float = 1.0,
+                  n_outputs: int = 1) -> nn.Module:
+    """A network whose ``bead_outputs`` has ``n_outputs`` energy channels (``bead_energies`` is the first)."""
+    return _BY_NAME[architecture_of(config)][1](config, n_types, energy_scale_kJ_per_mol, n_outputs)
 
 
 def network_config_from_dict(architecture: str, data: dict) -> NetworkConfig:

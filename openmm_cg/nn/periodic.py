@@ -5,6 +5,12 @@ CGSchNet or HIP-NN-TS (both give per-bead energies from pair vectors).
 Neighbors are searched inside the module on every call (``neighbor_pairs``: minimum image, cell
 list), so the exported file needs only the box that TorchForce passes once
 ``setUsesPeriodicBoundaryConditions(True)`` is set, and works for any box and particle count.
+
+A temperature-aware model (``temperature_reference_K`` set) takes the temperature as a third input,
+an OpenMM global parameter of the TorchForce (``TEMPERATURE_PARAMETER``): its network has two energy
+channels and E(x; T) = E_0(x) + (T - T_ref)/T_ref * E_1(x), the first-order energy-entropy split of a
+free energy (W = U - T S): a potential of mean force is linear in T when U and S of the eliminated
+degrees of freedom are, which makes interpolation between training temperatures well posed.
 """
 from typing import List, Optional
 
@@ -16,12 +22,17 @@ from .neighbors import neighbor_pairs
 from .networks import NetworkConfig, build_network
 from .schnet import SchNetConfig
 
+# The OpenMM global parameter that feeds a temperature-aware model (TorchForce passes it to forward;
+# TorchScript cannot read this global, so the error message in energy_parts spells the name out).
+TEMPERATURE_PARAMETER = "cg_temperature_K"
+
 
 class PeriodicCGPotentialModule(nn.Module):
     """E(positions (R*n, 3) nm, box (3, 3) nm) in kJ/mol; ``energy_batch((B, N, 3), (B, 3, 3))`` -> (B,)."""
 
     def __init__(self, bead_types, pair_prior: Optional[PairPriorParameters], network_config: Optional[NetworkConfig],
-                 n_types: Optional[int] = None, energy_scale_kJ_per_mol: float = 1.0):
+                 n_types: Optional[int] = None, energy_scale_kJ_per_mol: float = 1.0,
+                 temperature_reference_K: Optional[float] = None):
         super().__init__()
         bead_types = torch.as_tensor(bead_types, dtype=torch.long)
         self.n_beads = int(bead_types.numel())
@@ -35,7 +46,11 @@ class PeriodicCGPotentialModule(nn.Module):
         self.prior = PairRepulsion(pair_prior if pair_prior is not None else PairPriorParameters(0.0, 12.0, 1.0))
         n_types = n_types if n_types is not None else int(bead_types.max()) + 1
         config = network_config if network_config is not None else SchNetConfig(n_features=1, n_interactions=0, n_rbf=1)
-        self.network = build_network(config, n_types, energy_scale_kJ_per_mol)
+        self.temperature_aware = temperature_reference_K is not None
+        if self.temperature_aware and network_config is None:
+            raise ValueError("a temperature-aware potential needs a network")
+        self.temperature_reference_K = float(temperature_reference_K or 0.0)
+        self.network = build_network(config, n_types, energy_scale_kJ_per_mol, 2 if self.temperature_aware else 1)
         cutoffs = ([pair_prior.cutoff_nm] if pair_prior is not None else []) + \
                   ([network_config.cutoff_nm] if network_config is not None else [])
         self.cutoff_nm = float(max(cutoffs))
@@ -59,8 +74,8 @@ class PeriodicCGPotentialModule(nn.Module):
             raise ValueError("openmm-cg: boxes must be (frames, 3, 3), one box per frame")
 
     @torch.jit.export
-    def energy_parts(self, positions: torch.Tensor, boxes: torch.Tensor):
-        """(prior (B,), network (B,)) energies in kJ/mol."""
+    def energy_parts(self, positions: torch.Tensor, boxes: torch.Tensor, temperatures: Optional[torch.Tensor] = None):
+        """(prior (B,), network (B,)) energies in kJ/mol; ``temperatures`` (B,) K for temperature-aware models."""
         x = positions.to(self.dtype_probe.dtype)
         b = boxes.to(self.dtype_probe.dtype)
         self._check(x, b)
@@ -73,20 +88,31 @@ class PeriodicCGPotentialModule(nn.Module):
             prior = prior.index_add(0, torch.div(pairs[:, 0], n_total, rounding_mode="floor"), pair_energy)
         if self.has_network:
             types = self.bead_types.repeat(n_frames * n_total // self.n_beads)
-            network = self.network.bead_energies(vectors.unsqueeze(0), types, pairs).reshape(n_frames, n_total).sum(1)
+            channels = self.network.bead_outputs(vectors.unsqueeze(0), types, pairs).reshape(n_frames, n_total, -1).sum(1)
+            network = channels[:, 0]
+            if self.temperature_aware:
+                if temperatures is None:
+                    raise ValueError("openmm-cg: this model is temperature-aware and needs the temperature: set the "
+                                     "TorchForce global parameter cg_temperature_K")
+                reduced = temperatures.to(x.dtype).reshape(-1) / self.temperature_reference_K - 1.0
+                network = network + reduced * channels[:, 1]
         return prior, network
 
     @torch.jit.export
-    def network_energy(self, positions: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        return self.energy_parts(positions, boxes)[1].to(positions.dtype)
+    def network_energy(self, positions: torch.Tensor, boxes: torch.Tensor,
+                       temperatures: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.energy_parts(positions, boxes, temperatures)[1].to(positions.dtype)
 
     @torch.jit.export
-    def energy_batch(self, positions: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        prior, network = self.energy_parts(positions, boxes)
+    def energy_batch(self, positions: torch.Tensor, boxes: torch.Tensor,
+                     temperatures: Optional[torch.Tensor] = None) -> torch.Tensor:
+        prior, network = self.energy_parts(positions, boxes, temperatures)
         return (prior + network).to(positions.dtype)
 
-    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None,
+                temperature: Optional[torch.Tensor] = None) -> torch.Tensor:
         if box is None:
             raise ValueError("openmm-cg: this is a periodic model and needs box vectors: the System must be periodic "
                              "and the TorchForce must have setUsesPeriodicBoundaryConditions(True)")
-        return self.energy_batch(positions.unsqueeze(0), box.unsqueeze(0)).sum()
+        temperatures = temperature.reshape(1) if temperature is not None else None
+        return self.energy_batch(positions.unsqueeze(0), box.unsqueeze(0), temperatures).sum()

@@ -76,7 +76,7 @@ class Interaction(nn.Module):
 class CGSchNet(nn.Module):
     """Energy (batch,) of configurations (batch, beads, 3) given per-bead types and undirected pairs (i < j)."""
 
-    def __init__(self, config: SchNetConfig, n_types: int, energy_scale_kJ_per_mol: float = 1.0):
+    def __init__(self, config: SchNetConfig, n_types: int, energy_scale_kJ_per_mol: float = 1.0, n_outputs: int = 1):
         super().__init__()
         self.embedding = nn.Embedding(n_types, config.n_features)
         self.rbf = GaussianRBF(config.rbf_min_nm, config.cutoff_nm, config.n_rbf)
@@ -86,7 +86,7 @@ class CGSchNet(nn.Module):
         )
         self.output = nn.Sequential(
             nn.Linear(config.n_features, config.n_output_hidden), activation(config.activation),
-            nn.Linear(config.n_output_hidden, 1),
+            nn.Linear(config.n_output_hidden, n_outputs),
         )
         # Zero last layer: an untrained model is exactly its priors, and training adds corrections.
         nn.init.zeros_(self.output[-1].weight)
@@ -104,10 +104,15 @@ class CGSchNet(nn.Module):
 
         Periodic models pass minimum-image vectors of a neighbor list; molecules pass plain differences.
         """
+        return self.bead_outputs(vectors, types, pairs)[..., 0]
+
+    @torch.jit.export
+    def bead_outputs(self, vectors: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        """(batch, beads, n_outputs) energy channels (kJ/mol); several channels serve state-dependent models."""
         r = torch.linalg.vector_norm(vectors, dim=-1)
         rbf = self.rbf(r)
         envelope = self.cutoff(r)
         h = self.embedding(types).unsqueeze(0).expand(vectors.shape[0], -1, -1).to(vectors.dtype)
         for interaction in self.interactions:
             h = interaction(h, rbf, envelope, pairs)
-        return self.energy_scale * self.output(h).squeeze(-1)
+        return self.energy_scale * self.output(h)

@@ -14,6 +14,7 @@ from openmm import app
 
 from ..errors import ModelFileError
 from ..export import load_eager, load_exported
+from ..nn.periodic import TEMPERATURE_PARAMETER
 from ..priors.terms import PriorParameters, openmm_prior_forces
 from ..topology import replicate_topology, topology_from_dict
 
@@ -73,6 +74,12 @@ class CGPotential:
     def temperature_K(self) -> float:
         return float(self.metadata["temperatures_K"][0])
 
+    @property
+    def temperature_aware(self) -> bool:
+        """True for models that take the temperature as input (the TorchForce global parameter
+        ``cg_temperature_K``; ``createSystem(temperature_K=...)`` sets it, ``Context.setParameter`` changes it)."""
+        return bool(self.metadata.get("temperature_input"))
+
     def topology(self, n_replicas: int = 1, box_vectors_nm=None) -> app.Topology:
         """The CG topology the model was trained for, replicated ``n_replicas`` times.
 
@@ -107,16 +114,20 @@ class CGPotential:
 
     def createSystem(self, topology: app.Topology, backend: str = "torchforce",
                      priors_as_openmm_forces: bool = False, compile: bool = False,
-                     torch_device: Optional[str] = None) -> openmm.System:
+                     torch_device: Optional[str] = None, temperature_K: Optional[float] = None) -> openmm.System:
         """A System with bead masses and the potential for every replica in ``topology``.
 
         backend "torchforce": openmm-torch's TorchForce (C++, no Python per step). "pythonforce":
         openmm.PythonForce calling the eager model (any torch; ``compile=True`` applies torch.compile).
         ``priors_as_openmm_forces``: priors become HarmonicBond/HarmonicAngle/PeriodicTorsion/CustomBond
         forces and only the network stays in torch; this also declares the molecule's bonds to OpenMM.
+        ``temperature_K``: required by temperature-aware models (the thermostat's temperature), ignored otherwise.
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}")
+        if self.temperature_aware and temperature_K is None:
+            raise ValueError(f"{self.path.name} is a temperature-aware model: pass createSystem(temperature_K=...), "
+                             "the temperature the System will be simulated at")
         n_replicas = self.n_replicas_of(topology)
         system = openmm.System()
         for _ in range(n_replicas):
@@ -140,13 +151,16 @@ class CGPotential:
             if priors_as_openmm_forces:
                 module = torch.jit.script(_NetworkOnly(self.module, self.n_beads))
             force = openmmtorch().TorchForce(module)
+            if self.temperature_aware:
+                force.addGlobalParameter(TEMPERATURE_PARAMETER, float(temperature_K))
         else:
-            force = self._python_force(priors_as_openmm_forces, compile, torch_device)
+            force = self._python_force(priors_as_openmm_forces, compile, torch_device, temperature_K)
         force.setUsesPeriodicBoundaryConditions(self.periodic)
         system.addForce(force)
         return system
 
-    def _python_force(self, network_only: bool, compile: bool, torch_device: Optional[str]):
+    def _python_force(self, network_only: bool, compile: bool, torch_device: Optional[str],
+                      temperature_K: Optional[float]):
         from openmm import unit
 
         eager, _ = load_eager(self.path)
@@ -158,6 +172,7 @@ class CGPotential:
             energy_fn = torch.compile(energy_fn)
         dtype = eager.dtype_probe.dtype
         periodic = self.periodic
+        temperature_aware = self.temperature_aware
 
         def compute(state):
             xyz = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
@@ -165,12 +180,17 @@ class CGPotential:
             if periodic:
                 box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
                 positions = positions.unsqueeze(0).requires_grad_(True)
-                energy = energy_fn(positions, torch.tensor(np.asarray(box), dtype=dtype, device=device).unsqueeze(0))
-                energy = energy.sum()
+                boxes = torch.tensor(np.asarray(box), dtype=dtype, device=device).unsqueeze(0)
+                if temperature_aware:
+                    temperature = torch.tensor([state.getParameters()[TEMPERATURE_PARAMETER]], dtype=dtype, device=device)
+                    energy = energy_fn(positions, boxes, temperature).sum()
+                else:
+                    energy = energy_fn(positions, boxes).sum()
             else:
                 positions = positions.reshape(-1, n_beads, 3).requires_grad_(True)
                 energy = energy_fn(positions).sum()
             (grad,) = torch.autograd.grad(energy, positions)
             return float(energy.detach()), (-grad).reshape(-1, 3).detach().cpu().numpy().astype(np.float64)
 
-        return openmm.PythonForce(compute)
+        parameters = {TEMPERATURE_PARAMETER: float(temperature_K)} if temperature_aware else {}
+        return openmm.PythonForce(compute, parameters)

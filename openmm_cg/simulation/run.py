@@ -154,7 +154,7 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
     topology = potential.topology(n_replicas, box_vectors_nm)
     temperature = config.temperature_K or potential.temperature_K
     system = potential.createSystem(topology, backend=config.backend,
-                                    priors_as_openmm_forces=config.priors_as_openmm_forces)
+                                    priors_as_openmm_forces=config.priors_as_openmm_forces, temperature_K=temperature)
     if config.pressure_bar is not None:
         barostat = openmm.MonteCarloBarostat(config.pressure_bar * unit.bar, temperature * unit.kelvin,
                                              config.barostat_interval_steps)

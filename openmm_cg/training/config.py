@@ -37,6 +37,9 @@ ARCHITECTURES = ("cgschnet", "hipnnts")
 @dataclass
 class ModelConfig:
     architecture: str = "cgschnet"  # which of the sections below is used
+    # Liquids trained on several temperatures: the model takes T as an input (an OpenMM global
+    # parameter), E = E_0 + (T/T_ref - 1) E_1 with T_ref the mean training temperature.
+    temperature_input: bool = False
     cgschnet: SchNetConfig = field(default_factory=SchNetConfig)
     hipnnts: HipNNTSConfig = field(default_factory=HipNNTSConfig)
 
@@ -81,7 +84,7 @@ class TrainConfig:
             raise InputError("training config: training.export_dtype must be float32 or float64")
 
 
-def _from_dict(cls, data: dict, where: str):
+def dataclass_from_dict(cls, data: dict, where: str):
     if data is None:
         return cls()
     if not isinstance(data, dict):
@@ -94,14 +97,14 @@ def _from_dict(cls, data: dict, where: str):
     for name, value in data.items():
         default = known[name].default_factory() if callable(known[name].default_factory) else None
         if is_dataclass(default):
-            values[name] = _from_dict(type(default), value, f"{where}.{name}".strip("."))
+            values[name] = dataclass_from_dict(type(default), value, f"{where}.{name}".strip("."))
         else:
             values[name] = value
     return cls(**values)
 
 
 def config_from_dict(data: dict) -> TrainConfig:
-    config = _from_dict(TrainConfig, data or {}, "")
+    config = dataclass_from_dict(TrainConfig, data or {}, "")
     config.validate()
     return config
 

@@ -16,6 +16,7 @@ import resource
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from ..data.datasets import CGDataset, trajectory_split
 from ..errors import InputError, OutputExistsError
 from ..export import export_model, liquid_model_description, model_metadata
 from ..mapping.cgmap import repeat_unit
-from ..nn.periodic import PeriodicCGPotentialModule
+from ..nn.periodic import TEMPERATURE_PARAMETER, PeriodicCGPotentialModule
 from ..nn.potential import CGPotentialModule
 from ..outputs import write_json
 from ..priors.fit import fit_priors
@@ -60,10 +61,10 @@ class ForceMatching(_lightning().LightningModule):
         self.save_hyperparameters(ignore=["model"])
 
     def _loss(self, batch):
-        positions, *boxes, delta_forces = batch  # boxes: present for periodic data
+        positions, *extras, delta_forces = batch  # periodic data: boxes, then temperatures if the model takes T
         with torch.enable_grad():
             positions = positions.requires_grad_(True)
-            energy = self.model.network_energy(positions, *boxes)
+            energy = self.model.network_energy(positions, *extras)
             (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=self.training)
         return ((-grad - delta_forces) ** 2).mean()
 
@@ -148,6 +149,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
     network_config = config.model.network()
     if periodic:
         check_cutoff_fits_boxes(network_config.cutoff_nm, datasets, paths)
+    temperature_reference = temperature_reference_K(config, datasets)
 
     priors_path = output / "priors.json"
     if priors_path.exists():
@@ -156,12 +158,13 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
         params = _fit_priors(config, train_sets[0], network_config.cutoff_nm)
         write_json(priors_path, params.to_dict() if params is not None else {})
 
-    train_arrays = _delta_arrays(params, train_sets, stride)
-    val_arrays = _delta_arrays(params, val_sets, stride)
+    with_temperatures = temperature_reference is not None
+    train_arrays = _delta_arrays(params, train_sets, stride, with_temperatures)
+    val_arrays = _delta_arrays(params, val_sets, stride, with_temperatures)
     x_train, x_val, f_val = train_arrays[0], val_arrays[0], val_arrays[-1]
     # Energy scale: force magnitude times a typical bead displacement (0.1 nm) keeps raw outputs O(1).
     energy_scale = float(np.std(train_arrays[-1])) * 0.1
-    model = _build_model(mapping, periodic, params, network_config, energy_scale)
+    model = _build_model(mapping, periodic, params, network_config, energy_scale, temperature_reference)
     opt = config.training
     task = ForceMatching(model, opt.learning_rate, opt.weight_decay, opt.lr_factor, opt.lr_patience,
                          opt.min_learning_rate)
@@ -223,6 +226,19 @@ def load_datasets(paths) -> list:
     return datasets
 
 
+def temperature_reference_K(config: TrainConfig, datasets) -> Optional[float]:
+    """T_ref of a temperature-aware model (the mean training temperature), or None for a plain model."""
+    if not config.model.temperature_input:
+        return None
+    temperatures = sorted({float(d.temperature_K) for d in datasets})
+    if not datasets[0].periodic:
+        raise InputError("model.temperature_input is for periodic (liquid) models")
+    if len(temperatures) < 2:
+        raise InputError(f"model.temperature_input needs datasets at two or more temperatures (got {temperatures} K): "
+                         "a single temperature cannot show how the potential changes with T")
+    return float(np.mean(temperatures))
+
+
 def check_cutoff_fits_boxes(cutoff_nm: float, datasets, paths) -> None:
     for path, dataset in zip(paths, datasets):
         limit = max_rdf_range_nm(dataset.box_vectors_nm)
@@ -253,17 +269,19 @@ def _read_priors(path: Path, periodic: bool):
     return PriorParameters.from_dict(data)
 
 
-def _build_model(mapping, periodic: bool, params, network_config, energy_scale: float = 1.0):
+def _build_model(mapping, periodic: bool, params, network_config, energy_scale: float = 1.0,
+                 temperature_reference: Optional[float] = None):
     if periodic:
         unit = repeat_unit(mapping)
         return PeriodicCGPotentialModule(unit["bead_types"], params, network_config, n_types=len(mapping.type_names),
-                                         energy_scale_kJ_per_mol=energy_scale)
+                                         energy_scale_kJ_per_mol=energy_scale,
+                                         temperature_reference_K=temperature_reference)
     return CGPotentialModule(mapping.bead_types, params, network_config, n_types=len(mapping.type_names),
                              energy_scale_kJ_per_mol=energy_scale)
 
 
-def _delta_arrays(params, subsets, stride: int, chunk: int = 256):
-    """(positions, [boxes,] mapped forces - prior forces) of every frame of ``subsets``, concatenated."""
+def _delta_arrays(params, subsets, stride: int, with_temperatures: bool = False, chunk: int = 256):
+    """(positions, [boxes, [temperatures,]] mapped forces - prior forces) of every frame of ``subsets``."""
     x = np.concatenate([s.positions_nm[::stride] for s in subsets])
     f = np.concatenate([s.forces_kJ_per_mol_nm[::stride] for s in subsets])
     if not subsets[0].periodic:
@@ -276,6 +294,10 @@ def _delta_arrays(params, subsets, stride: int, chunk: int = 256):
             energy = prior.energy_batch(positions, torch.as_tensor(boxes[start:start + chunk], dtype=torch.float64))
             (grad,) = torch.autograd.grad(energy.sum(), positions)
             f[start:start + chunk] += grad.numpy().astype(np.float32)
+    if with_temperatures:
+        temperatures = np.concatenate([np.full(len(s.positions_nm[::stride]), s.temperature_K, np.float32)
+                                       for s in subsets])
+        return x, boxes, temperatures, f
     return x, boxes, f
 
 
@@ -298,7 +320,9 @@ def export_run(run_dir, path, dtype: str = "float32", checkpoint: str = "best", 
     datasets = load_datasets(config.data.paths())
     first, periodic = datasets[0], datasets[0].periodic
     params = _read_priors(run_dir / "priors.json", periodic)
-    model = _load_checkpoint(_build_model(first.mapping, periodic, params, config.model.network()), checkpoint_path)
+    temperature_reference = temperature_reference_K(config, datasets)
+    model = _load_checkpoint(_build_model(first.mapping, periodic, params, config.model.network(),
+                                          temperature_reference=temperature_reference), checkpoint_path)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     if periodic:
@@ -306,6 +330,8 @@ def export_run(run_dir, path, dtype: str = "float32", checkpoint: str = "best", 
     else:
         mapping_dict, extra = first.mapping.to_dict(), {"example_positions_nm": first.positions_nm[0].tolist()}
     extra["training"] = {"config": asdict(config), "summary": summary}
+    if temperature_reference is not None:
+        extra["temperature_input"] = {"global_parameter": TEMPERATURE_PARAMETER, "reference_K": temperature_reference}
     hashes = [d.data_hash() for d in datasets]
     data_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
     metadata = model_metadata(model, mapping_dict, params, config.model.network(),
@@ -318,8 +344,8 @@ def _mse(model, arrays, chunk: int = 1024) -> float:
     *inputs, f_delta = arrays
     for start in range(0, len(f_delta), chunk):
         positions = torch.as_tensor(inputs[0][start:start + chunk]).requires_grad_(True)
-        boxes = [torch.as_tensor(b[start:start + chunk]) for b in inputs[1:]]
-        energy = model.network_energy(positions, *boxes)
+        extras = [torch.as_tensor(b[start:start + chunk]) for b in inputs[1:]]  # boxes, temperatures
+        energy = model.network_energy(positions, *extras)
         (grad,) = torch.autograd.grad(energy.sum(), positions)
         total += float(((-grad.detach().numpy() - f_delta[start:start + chunk]) ** 2).sum())
         count += f_delta[start:start + chunk].size

@@ -1,0 +1,262 @@
+"""Learned large-time-step dynamics of bead-spring chains (Fu et al., TMLR 2023), judged on held-out chains.
+
+    python benchmarks/polymer_dynamics.py --work runs/polymers
+
+Stages (each resumable: finished outputs are kept and re-running continues):
+1. reference: 120 chains (12-36 monomers, three monomer types) in implicit solvent, one OpenMM run of
+   the whole set (openmm_cg/configs/polymer_reference.yaml: 5 ns, frames every 1 ps).
+2. CG data: every chain clustered into beads of 4 monomers, frames mapped (centres of mass, force sums).
+3. training: the dynamics network (mean and spread of accelerations) and the score network, on the
+   train chains only (openmm_cg/configs/polymer_dynamics.yaml).
+4. rollouts of every test chain, all batched together, from the first reference frames over the
+   reference's length: (a) no refinement, (b) score-based refinement after every step. A chain whose
+   frame fails the checks (bead collision, blow-up) is frozen and counted.
+5. observables per test chain, learned vs reference: mean Rg, Rg^2 autocorrelation and relaxation time
+   (reference at the learned step's spacing), centre-of-mass diffusion; r^2 across chains.
+6. speed: simulated ps per wall-clock second of each rollout against OpenMM MD of the same test chains
+   (one System, the reference's 20 fs Langevin steps, the CPU platform) in the same run.
+Writes benchmarks/results/polymer_dynamics.json and polymer_rg.png.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CONFIGS = ROOT / "openmm_cg" / "configs"
+VARIANTS = {"a_no_refinement": "none", "b_score_refinement": "score"}
+
+
+def stage_reference(work: Path, frames: int = None):
+    from openmm_cg.data.reference import ReferenceConfig, generate_reference
+
+    config = ReferenceConfig(**yaml.safe_load((CONFIGS / "polymer_reference.yaml").read_text()))
+    if frames:
+        config.frames_per_seed = frames
+    return generate_reference(config, work / "reference")
+
+
+def stage_cg_data(work: Path, reference_paths, particles_per_bead: int):
+    from openmm_cg.dynamics.data import PolymerCGData, build_polymer_cg_data
+
+    path = work / "cg.h5"
+    if not path.exists():
+        build_polymer_cg_data(reference_paths, particles_per_bead).save(path)
+    return PolymerCGData.load(path)
+
+
+def stage_train(work: Path, args) -> dict:
+    from openmm_cg.dynamics.train import load_dynamics_config, train_dynamics
+
+    out = work / "dynamics"
+    if (out / "dynamics.pt").exists() and (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    overrides = {"data": str(work / "cg.h5"), "output": str(out)}
+    if args.max_train_minutes:
+        overrides["max_time_minutes"] = args.max_train_minutes
+    if args.max_epochs:
+        overrides["max_epochs"] = args.max_epochs
+    config = load_dynamics_config(CONFIGS / "polymer_dynamics.yaml", **overrides)
+    return train_dynamics(config, resume=(out / "checkpoints" / "last.ckpt").exists())
+
+
+def stage_rollouts(work: Path, data, summary: dict, args) -> dict:
+    from openmm_cg.dynamics.rollout import RolloutConfig, history_from_frames, rollout
+    from openmm_cg.dynamics.train import load_dynamics
+
+    _, metadata = load_dynamics(work / "dynamics" / "dynamics.pt")
+    test = [data.chains[i] for i in summary["test_chains"]]
+    history = np.concatenate([history_from_frames(c.positions_nm, data.frame_interval_ps, metadata) for c in test],
+                             axis=1)
+    n_frames = min(len(c.positions_nm) for c in test)
+    steps = args.rollout_steps or int((n_frames - 1) * data.frame_interval_ps / metadata["step_ps"])
+    results = {}
+    for name, refinement in VARIANTS.items():
+        out = work / "rollouts" / name
+        config = RolloutConfig(steps=steps, seed=args.seed, report_interval=1, checkpoint_interval=100,
+                               format="dcd", refinement=refinement, stop_on_failure=False)
+        timing = out / "timing.json"
+        start = time.perf_counter()
+        result = rollout(work / "dynamics" / "dynamics.pt", [c.sequence for c in test], history, config, out,
+                         score_path=work / "dynamics" / "score.pt")
+        if not timing.exists():  # time only a rollout run in one go, not a resumed remainder
+            timing.write_text(json.dumps({"seconds": time.perf_counter() - start, "steps": result["steps"]}))
+        result["timing"] = json.loads(timing.read_text())
+        results[name] = result
+    return results
+
+
+def md_speed(sequences, steps: int, threads: int) -> dict:
+    """Simulated ps per wall-clock second of the fine-level OpenMM MD of these chains (one System)."""
+    from openmm_cg._runtime import openmm
+    from openmm import unit
+
+    from openmm_cg.data.polymers import build_chains_system
+
+    config = yaml.safe_load((CONFIGS / "polymer_reference.yaml").read_text())
+    system, _, x = build_chains_system(list(sequences))
+    integrator = openmm.LangevinMiddleIntegrator(config["temperature_K"] * unit.kelvin,
+                                                 config["friction_per_ps"] / unit.picosecond,
+                                                 config["timestep_ps"] * unit.picosecond)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
+    context.setPositions(x)
+    openmm.LocalEnergyMinimizer.minimize(context)
+    integrator.step(200)
+    start = time.perf_counter()
+    integrator.step(steps)
+    seconds = time.perf_counter() - start
+    return {"steps": steps, "seconds": seconds, "timestep_ps": config["timestep_ps"],
+            "ps_per_second": steps * config["timestep_ps"] / seconds, "threads": threads}
+
+
+def chain_observables(positions_nm, masses, interval_ps: float, max_lag_ps: float) -> dict:
+    from openmm_cg.analysis.polymer import (autocorrelation, chain_diffusion_nm2_per_ps, radius_of_gyration_nm,
+                                            relaxation_time_ps)
+
+    rg = radius_of_gyration_nm(positions_nm, masses)
+    max_lag = max(2, min(len(rg) // 4, int(round(max_lag_ps / interval_ps))))
+    return {"mean_rg_nm": float(rg.mean()), "rg_std_nm": float(rg.std()),
+            "rg2_relaxation_ps": relaxation_time_ps(autocorrelation(rg ** 2, max_lag), interval_ps),
+            "diffusion_nm2_per_ps": chain_diffusion_nm2_per_ps(positions_nm, masses, interval_ps,
+                                                               max(5, len(rg) // 10)),
+            "rg_nm_series": rg.tolist()}
+
+
+def r_squared(reference, learned) -> dict:
+    reference, learned = np.asarray(reference), np.asarray(learned)
+    pearson = float(np.corrcoef(reference, learned)[0, 1] ** 2)
+    determination = float(1 - ((learned - reference) ** 2).sum() / ((reference - reference.mean()) ** 2).sum())
+    return {"pearson_r2": pearson, "coefficient_of_determination": determination}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="runs/polymers")
+    parser.add_argument("--stage", choices=["reference", "data", "train", "all"], default="all")
+    parser.add_argument("--frames", type=int, help="override the reference length (smoke runs)")
+    parser.add_argument("--particles-per-bead", type=int, default=4)
+    parser.add_argument("--max-train-minutes", type=float)
+    parser.add_argument("--max-epochs", type=int)
+    parser.add_argument("--rollout-steps", type=int, help="default: as long as the reference")
+    parser.add_argument("--max-lag-ps", type=float, default=500.0)
+    parser.add_argument("--md-steps", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+
+    import mdtraj
+
+    from openmm_cg.dynamics.train import load_dynamics
+    from openmm_cg.machine import machine_info
+
+    work = Path(args.work)
+    reference_paths = stage_reference(work, args.frames)
+    if args.stage == "reference":
+        return
+    data = stage_cg_data(work, reference_paths, args.particles_per_bead)
+    if args.stage == "data":
+        return
+    summary = stage_train(work, args)
+    if args.stage == "train":
+        return
+    rollouts = stage_rollouts(work, data, summary, args)
+    _, metadata = load_dynamics(work / "dynamics" / "dynamics.pt")
+    step_ps = metadata["step_ps"]
+    stride = int(round(step_ps / data.frame_interval_ps))
+    test_ids = summary["test_chains"]
+    test = [data.chains[i] for i in test_ids]
+
+    per_chain = []
+    for chain_id, chain in zip(test_ids, test):
+        per_chain.append({"chain": int(chain_id), "sequence": chain.sequence, "n_beads": chain.n_beads,
+                          "reference": chain_observables(chain.positions_nm[::stride], chain.bead_masses_amu, step_ps,
+                                                         args.max_lag_ps)})
+    variants = {}
+    for name, result in rollouts.items():
+        out = work / "rollouts" / name
+        trajectory = mdtraj.load(str(out / "trajectory.dcd"), top=str(out / "topology.pdb"))
+        failed = {int(c) for c in result["failures"]}
+        offsets = np.cumsum([0] + [c.n_beads for c in test])
+        learned_rg, reference_rg, learned_tau, reference_tau = [], [], [], []
+        for k, (entry, chain) in enumerate(zip(per_chain, test)):
+            x = trajectory.xyz[:, offsets[k]:offsets[k + 1]].astype(np.float64)
+            if k in failed:
+                x = x[:result["failures"][str(k)]["step"] - 1]
+            if len(x) < 20:
+                entry[name] = {"failed_at_step": result["failures"][str(k)]["step"]}
+                continue
+            entry[name] = chain_observables(x, chain.bead_masses_amu, step_ps, args.max_lag_ps)
+            if k in failed:
+                entry[name]["failed_at_step"] = result["failures"][str(k)]["step"]
+            learned_rg.append(entry[name]["mean_rg_nm"])
+            reference_rg.append(entry["reference"]["mean_rg_nm"])
+            learned_tau.append(entry[name]["rg2_relaxation_ps"])
+            reference_tau.append(entry["reference"]["rg2_relaxation_ps"])
+        timing = result["timing"]
+        variants[name] = {
+            "chains_evaluated": len(learned_rg), "collision_or_blowup_fraction": len(failed) / len(test),
+            "mean_rg_r2": r_squared(reference_rg, learned_rg),
+            "rg2_relaxation_r2": r_squared(reference_tau, learned_tau),
+            "ps_per_second": timing["steps"] * step_ps / timing["seconds"],
+        }
+    md = md_speed([c.sequence for c in test], args.md_steps, args.threads)
+    for entry in variants.values():
+        entry["speedup_vs_openmm_md"] = entry["ps_per_second"] / md["ps_per_second"]
+
+    result = {"machine": machine_info(), "reference": {
+                  "chains": len(data.chains), "test_chains": len(test), "frame_interval_ps": data.frame_interval_ps,
+                  "frames_per_chain": int(len(test[0].positions_nm)), "particles_per_bead": data.particles_per_bead},
+              "model": {"step_ps": step_ps, "history": metadata["history"],
+                        "md_steps_per_learned_step": step_ps / md["timestep_ps"],
+                        "training": {k: v for k, v in summary.items() if k not in ("train_chains",)}},
+              "openmm_md": md, "variants": variants,
+              "targets": {"mean_rg_r2": 0.90, "rg2_relaxation_r2": 0.48, "speedup": 100},
+              "per_chain": [{k: ({kk: vv for kk, vv in v.items() if kk != "rg_nm_series"} if isinstance(v, dict) else v)
+                             for k, v in entry.items()} for entry in per_chain]}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "polymer_dynamics.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(per_chain, variants, step_ps, out / "polymer_rg.png")
+    print(json.dumps(variants, indent=2))
+
+
+def plot(per_chain, variants, step_ps: float, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for name in variants:
+        pairs = [(e["reference"], e[name]) for e in per_chain if name in e and "mean_rg_nm" in e[name]]
+        axes[0].scatter([r["mean_rg_nm"] for r, _ in pairs], [l["mean_rg_nm"] for _, l in pairs], s=12, label=name)
+        axes[1].scatter([r["rg2_relaxation_ps"] for r, _ in pairs], [l["rg2_relaxation_ps"] for _, l in pairs], s=12,
+                        label=name)
+    for ax, label in zip(axes[:2], ("mean Rg (nm)", "Rg$^2$ relaxation time (ps)")):
+        lo, hi = ax.get_xlim()
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlabel(f"reference {label}")
+        ax.set_ylabel(f"learned {label}")
+        ax.legend(fontsize=7)
+    example = per_chain[0]
+    t = np.arange(len(example["reference"]["rg_nm_series"])) * step_ps
+    axes[2].plot(t, example["reference"]["rg_nm_series"], "k-", lw=0.8, label="reference MD")
+    for name in variants:
+        if name in example and "rg_nm_series" in example[name]:
+            series = example[name]["rg_nm_series"]
+            axes[2].plot(np.arange(len(series)) * step_ps, series, lw=0.8, label=name)
+    axes[2].set_xlabel("time (ps)")
+    axes[2].set_ylabel(f"Rg (nm), chain {example['chain']}")
+    axes[2].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
