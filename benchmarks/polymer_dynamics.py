@@ -9,8 +9,10 @@ Stages (each resumable: finished outputs are kept and re-running continues):
 3. training: the dynamics network (mean and spread of accelerations) and the score network, on the
    train chains only (openmm_cg/configs/polymer_dynamics.yaml).
 4. rollouts of every test chain, all batched together, from the first reference frames over the
-   reference's length: (a) no refinement, (b) score-based refinement after every step. A chain whose
-   frame fails the checks (bead collision, blow-up) is frozen and counted.
+   reference's length: (a) no refinement, (b) score-based refinement after every step, (c) a few
+   OpenMM Langevin steps after every step with a CG potential force-matched on the train chains
+   (openmm_cg.classical.chain_force_matching). A chain whose frame fails the checks (bead collision,
+   blow-up) is frozen and counted.
 5. observables per test chain, learned vs reference: mean Rg, Rg^2 autocorrelation and relaxation time
    (reference at the learned step's spacing), centre-of-mass diffusion; r^2 across chains.
 6. speed: simulated ps per wall-clock second of each rollout against OpenMM MD of the same test chains
@@ -28,7 +30,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONFIGS = ROOT / "openmm_cg" / "configs"
-VARIANTS = {"a_no_refinement": "none", "b_score_refinement": "score"}
+VARIANTS = {"a_no_refinement": "none", "b_score_refinement": "score", "c_openmm_relaxation": "openmm"}
 
 
 def stage_reference(work: Path, frames: int = None):
@@ -64,6 +66,16 @@ def stage_train(work: Path, args) -> dict:
     return train_dynamics(config, resume=(out / "checkpoints" / "last.ckpt").exists())
 
 
+def stage_chain_tables(work: Path, data, summary: dict) -> Path:
+    from openmm_cg.classical.chain_force_matching import fit_chain_force_tables
+
+    path = work / "chain_tables.json"
+    if not path.exists():
+        tables = fit_chain_force_tables([data.chains[i] for i in summary["train_chains"]], data.temperature_K)
+        path.write_text(json.dumps(tables.to_dict()))
+    return path
+
+
 def stage_rollouts(work: Path, data, summary: dict, args) -> dict:
     from openmm_cg.dynamics.rollout import RolloutConfig, history_from_frames, rollout
     from openmm_cg.dynamics.train import load_dynamics
@@ -82,7 +94,8 @@ def stage_rollouts(work: Path, data, summary: dict, args) -> dict:
         timing = out / "timing.json"
         start = time.perf_counter()
         result = rollout(work / "dynamics" / "dynamics.pt", [c.sequence for c in test], history, config, out,
-                         score_path=work / "dynamics" / "score.pt")
+                         score_path=work / "dynamics" / "score.pt", chain_tables_path=stage_chain_tables(work, data, summary),
+                         bead_masses_amu=np.concatenate([c.bead_masses_amu for c in test]))
         if not timing.exists():  # time only a rollout run in one go, not a resumed remainder
             timing.write_text(json.dumps({"seconds": time.perf_counter() - start, "steps": result["steps"]}))
         result["timing"] = json.loads(timing.read_text())

@@ -143,7 +143,8 @@ def _rollout(args):
                            checkpoint_interval=args.checkpoint_interval, format=args.format, refinement=args.refinement,
                            stop_on_failure=not args.keep_going)
     summary = rollout(args.dynamics, [c.sequence for c in chains], history, config, args.out, score_path=args.score,
-                      overwrite=args.overwrite)
+                      chain_tables_path=args.chain_tables,
+                      bead_masses_amu=np.concatenate([c.bead_masses_amu for c in chains]), overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
 
 
@@ -244,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chains", type=int, nargs="*", help="chain indices (default: all)")
     p.add_argument("--start-frame", type=int, default=None, help="last history frame (default: the first possible)")
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--refinement", default="none", choices=["none", "score"])
+    p.add_argument("--refinement", default="none", choices=["none", "score", "openmm"])
+    p.add_argument("--chain-tables", help="force-matched chain tables (JSON), for --refinement openmm")
     p.add_argument("--report-interval", type=int, default=1)
     p.add_argument("--checkpoint-interval", type=int, default=100)
     p.add_argument("--format", default="dcd", choices=["dcd", "h5"])

@@ -122,16 +122,21 @@ class RolloutConfig:
     report_interval: int = 1
     checkpoint_interval: int = 100
     format: str = "dcd"
-    refinement: str = "none"             # "none" or "score"
+    refinement: str = "none"             # "none", "score", or "openmm" (force-matched chain potential)
     collision_nm: float = 0.15
     max_step_nm: float = 2.0
     stop_on_failure: bool = True
 
 
 def rollout(dynamics_path, sequences: Sequence[str], history_nm: np.ndarray, config: RolloutConfig, out_dir,
-            score_path=None, score_refinement: Optional[ScoreRefinement] = None, overwrite: bool = False,
+            score_path=None, score_refinement: Optional[ScoreRefinement] = None, chain_tables_path=None,
+            bead_masses_amu: Optional[np.ndarray] = None, relaxation=None, overwrite: bool = False,
             progress: bool = True) -> dict:
-    """Roll out ``sequences`` from ``history_nm`` (k, beads, 3); resumable (re-run to continue from its checkpoint)."""
+    """Roll out ``sequences`` from ``history_nm`` (k, beads, 3); resumable (re-run to continue from its checkpoint).
+
+    Refinement "score" needs ``score_path``; "openmm" needs ``chain_tables_path`` (a fitted
+    ``ChainForceTables`` JSON) and ``bead_masses_amu``, and is not bit-reproducible on resume (OpenMM's
+    random stream is not part of the checkpoint)."""
     out_dir = Path(out_dir)
     if config.format not in FORMATS:
         raise InputError(f"format must be one of {FORMATS}")
@@ -152,8 +157,16 @@ def rollout(dynamics_path, sequences: Sequence[str], history_nm: np.ndarray, con
             raise InputError("score refinement needs the score network (score.pt)")
         score, _ = load_score(score_path)
         refine = score_refiner(score, score_refinement)
+    elif config.refinement == "openmm":
+        from ..classical.chain_force_matching import ChainForceTables, openmm_relaxer
+
+        if chain_tables_path is None or bead_masses_amu is None:
+            raise InputError("OpenMM refinement needs the force-matched chain tables and the bead masses")
+        tables = ChainForceTables.from_dict(json.loads(Path(chain_tables_path).read_text()))
+        refine = openmm_relaxer(tables, bead_masses_amu, chains.bead_counts, metadata["temperature_K"], relaxation,
+                                seed=config.seed)
     elif config.refinement != "none":
-        raise InputError("refinement must be 'none' or 'score'")
+        raise InputError("refinement must be 'none', 'score' or 'openmm'")
     checks = RolloutChecks(config.collision_nm, config.max_step_nm, config.stop_on_failure)
     propagator = Propagator(model, chains, torch.as_tensor(history_nm), config.seed, checks, refine)
     if resume:
