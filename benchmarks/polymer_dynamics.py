@@ -9,14 +9,18 @@ Stages (each resumable: finished outputs are kept and re-running continues):
 3. training: the dynamics network (mean and spread of accelerations) and the score network, on the
    train chains only (openmm_cg/configs/polymer_dynamics.yaml).
 4. rollouts of every test chain, all batched together, from the first reference frames over the
-   reference's length: (a) no refinement, (b) score-based refinement after every step, (c) a few
+   reference's length (a collision: two beads without a shared bond closer than 0.9 x the closest
+   approach in the training chains): (a) no refinement, (b) score-based refinement after every step, (c) a few
    OpenMM Langevin steps after every step with a CG potential force-matched on the train chains
    (openmm_cg.classical.chain_force_matching). A chain whose frame fails the checks (bead collision,
    blow-up) is frozen and counted.
+   Each test chain is rolled out ``--replicas`` times (independent random streams), all in one batch.
 5. observables per test chain, learned vs reference: mean Rg, Rg^2 autocorrelation and relaxation time
-   (reference at the learned step's spacing), centre-of-mass diffusion; r^2 across chains.
-6. speed: simulated ps per wall-clock second of each rollout against OpenMM MD of the same test chains
-   (one System, the reference's 20 fs Langevin steps, the CPU platform) in the same run.
+   (reference at the learned step's spacing; learned: averaged over replicas), centre-of-mass diffusion;
+   r^2 across chains.
+6. speed: simulated ps per wall-clock second of each rollout (all replicas) against OpenMM MD of the same
+   chains, replicas included (one System, the reference's 20 fs Langevin steps, the CPU platform), in
+   the same run.
 Writes benchmarks/results/polymer_dynamics.json and polymer_rg.png.
 """
 import argparse
@@ -76,21 +80,33 @@ def stage_chain_tables(work: Path, data, summary: dict) -> Path:
     return path
 
 
+def collision_threshold_nm(chains) -> float:
+    """0.9 x the closest approach of two beads without a shared bond in the given (training) chains: a
+    learned frame closer than anything the reference ever sampled is a collision."""
+    closest = np.inf
+    for chain in chains:
+        i, j = np.triu_indices(chain.n_beads, 2)
+        x = chain.positions_nm.astype(np.float64)
+        closest = min(closest, float(np.linalg.norm(x[:, j] - x[:, i], axis=-1).min()))
+    return 0.9 * closest
+
+
 def stage_rollouts(work: Path, data, summary: dict, args) -> dict:
     from openmm_cg.dynamics.rollout import RolloutConfig, history_from_frames, rollout
     from openmm_cg.dynamics.train import load_dynamics
 
     _, metadata = load_dynamics(work / "dynamics" / "dynamics.pt")
-    test = [data.chains[i] for i in summary["test_chains"]]
+    test = [data.chains[i] for i in summary["test_chains"]] * args.replicas  # replica r of chain k: r * n_test + k
     history = np.concatenate([history_from_frames(c.positions_nm, data.frame_interval_ps, metadata) for c in test],
                              axis=1)
     n_frames = min(len(c.positions_nm) for c in test)
     steps = args.rollout_steps or int((n_frames - 1) * data.frame_interval_ps / metadata["step_ps"])
     results = {}
+    collision_nm = collision_threshold_nm([data.chains[i] for i in summary["train_chains"]])
     for name, refinement in VARIANTS.items():
         out = work / "rollouts" / name
         config = RolloutConfig(steps=steps, seed=args.seed, report_interval=1, checkpoint_interval=100,
-                               format="dcd", refinement=refinement, stop_on_failure=False)
+                               format="dcd", refinement=refinement, collision_nm=collision_nm, stop_on_failure=False)
         timing = out / "timing.json"
         start = time.perf_counter()
         result = rollout(work / "dynamics" / "dynamics.pt", [c.sequence for c in test], history, config, out,
@@ -99,6 +115,7 @@ def stage_rollouts(work: Path, data, summary: dict, args) -> dict:
         if not timing.exists():  # time only a rollout run in one go, not a resumed remainder
             timing.write_text(json.dumps({"seconds": time.perf_counter() - start, "steps": result["steps"]}))
         result["timing"] = json.loads(timing.read_text())
+        result["collision_nm"] = collision_nm
         results[name] = result
     return results
 
@@ -126,17 +143,22 @@ def md_speed(sequences, steps: int, threads: int) -> dict:
             "ps_per_second": steps * config["timestep_ps"] / seconds, "threads": threads}
 
 
-def chain_observables(positions_nm, masses, interval_ps: float, max_lag_ps: float) -> dict:
+def chain_observables(trajectories, masses, interval_ps: float, max_lag_ps: float) -> dict:
+    """Observables of one chain from one or more independent trajectories (frames, beads, 3): the mean Rg
+    over all frames, the Rg^2 autocorrelation averaged over trajectories, the mean diffusion coefficient."""
     from openmm_cg.analysis.polymer import (autocorrelation, chain_diffusion_nm2_per_ps, radius_of_gyration_nm,
                                             relaxation_time_ps)
 
-    rg = radius_of_gyration_nm(positions_nm, masses)
-    max_lag = max(2, min(len(rg) // 4, int(round(max_lag_ps / interval_ps))))
-    return {"mean_rg_nm": float(rg.mean()), "rg_std_nm": float(rg.std()),
-            "rg2_relaxation_ps": relaxation_time_ps(autocorrelation(rg ** 2, max_lag), interval_ps),
-            "diffusion_nm2_per_ps": chain_diffusion_nm2_per_ps(positions_nm, masses, interval_ps,
-                                                               max(5, len(rg) // 10)),
-            "rg_nm_series": rg.tolist()}
+    rgs = [radius_of_gyration_nm(x, masses) for x in trajectories]
+    shortest = min(len(rg) for rg in rgs)
+    max_lag = max(2, min(shortest // 4, int(round(max_lag_ps / interval_ps))))
+    acf = np.mean([autocorrelation(rg ** 2, max_lag) for rg in rgs], axis=0)
+    return {"mean_rg_nm": float(np.mean(np.concatenate(rgs))), "rg_std_nm": float(np.std(np.concatenate(rgs))),
+            "rg2_relaxation_ps": relaxation_time_ps(acf, interval_ps), "trajectories": len(rgs),
+            "diffusion_nm2_per_ps": float(np.mean([chain_diffusion_nm2_per_ps(x, masses, interval_ps,
+                                                                              max(5, len(x) // 10))
+                                                   for x in trajectories])),
+            "rg_nm_series": rgs[0].tolist()}
 
 
 def r_squared(reference, learned) -> dict:
@@ -157,6 +179,7 @@ def main():
     parser.add_argument("--rollout-steps", type=int, help="default: as long as the reference")
     parser.add_argument("--max-lag-ps", type=float, default=500.0)
     parser.add_argument("--md-steps", type=int, default=5000)
+    parser.add_argument("--replicas", type=int, default=8, help="independent rollouts of every test chain")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(HERE / "results"))
@@ -187,42 +210,48 @@ def main():
     per_chain = []
     for chain_id, chain in zip(test_ids, test):
         per_chain.append({"chain": int(chain_id), "sequence": chain.sequence, "n_beads": chain.n_beads,
-                          "reference": chain_observables(chain.positions_nm[::stride], chain.bead_masses_amu, step_ps,
-                                                         args.max_lag_ps)})
+                          "reference": chain_observables([chain.positions_nm[::stride]], chain.bead_masses_amu,
+                                                         step_ps, args.max_lag_ps)})
     variants = {}
     for name, result in rollouts.items():
         out = work / "rollouts" / name
         trajectory = mdtraj.load(str(out / "trajectory.dcd"), top=str(out / "topology.pdb"))
-        failed = {int(c) for c in result["failures"]}
-        offsets = np.cumsum([0] + [c.n_beads for c in test])
+        failed = {int(c): step for c, step in ((c, f["step"]) for c, f in result["failures"].items())}
+        counts = [c.n_beads for c in test] * args.replicas
+        offsets = np.cumsum([0] + counts)
         learned_rg, reference_rg, learned_tau, reference_tau = [], [], [], []
         for k, (entry, chain) in enumerate(zip(per_chain, test)):
-            x = trajectory.xyz[:, offsets[k]:offsets[k + 1]].astype(np.float64)
-            if k in failed:
-                x = x[:result["failures"][str(k)]["step"] - 1]
-            if len(x) < 20:
-                entry[name] = {"failed_at_step": result["failures"][str(k)]["step"]}
+            pieces = []
+            for replica in range(args.replicas):
+                b = replica * len(test) + k
+                x = trajectory.xyz[:, offsets[b]:offsets[b + 1]].astype(np.float64)
+                if b in failed:
+                    x = x[:failed[b] - 1]  # frames after a failure are the frozen last good frame
+                if len(x) >= 20:
+                    pieces.append(x)
+            entry[name] = {"failed_replicas": sum(replica * len(test) + k in failed for replica in range(args.replicas))}
+            if not pieces:
                 continue
-            entry[name] = chain_observables(x, chain.bead_masses_amu, step_ps, args.max_lag_ps)
-            if k in failed:
-                entry[name]["failed_at_step"] = result["failures"][str(k)]["step"]
+            entry[name].update(chain_observables(pieces, chain.bead_masses_amu, step_ps, args.max_lag_ps))
             learned_rg.append(entry[name]["mean_rg_nm"])
             reference_rg.append(entry["reference"]["mean_rg_nm"])
             learned_tau.append(entry[name]["rg2_relaxation_ps"])
             reference_tau.append(entry["reference"]["rg2_relaxation_ps"])
         timing = result["timing"]
         variants[name] = {
-            "chains_evaluated": len(learned_rg), "collision_or_blowup_fraction": len(failed) / len(test),
+            "chains_evaluated": len(learned_rg), "collision_threshold_nm": result["collision_nm"],
+            "collision_or_blowup_fraction": len(failed) / (len(test) * args.replicas),
             "mean_rg_r2": r_squared(reference_rg, learned_rg),
             "rg2_relaxation_r2": r_squared(reference_tau, learned_tau),
             "ps_per_second": timing["steps"] * step_ps / timing["seconds"],
         }
-    md = md_speed([c.sequence for c in test], args.md_steps, args.threads)
+    md = md_speed([c.sequence for c in test] * args.replicas, args.md_steps, args.threads)
     for entry in variants.values():
         entry["speedup_vs_openmm_md"] = entry["ps_per_second"] / md["ps_per_second"]
 
     result = {"machine": machine_info(), "reference": {
-                  "chains": len(data.chains), "test_chains": len(test), "frame_interval_ps": data.frame_interval_ps,
+                  "chains": len(data.chains), "test_chains": len(test), "rollout_replicas_per_chain": args.replicas,
+                  "frame_interval_ps": data.frame_interval_ps,
                   "frames_per_chain": int(len(test[0].positions_nm)), "particles_per_bead": data.particles_per_bead},
               "model": {"step_ps": step_ps, "history": metadata["history"],
                         "md_steps_per_learned_step": step_ps / md["timestep_ps"],

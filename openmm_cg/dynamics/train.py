@@ -42,6 +42,7 @@ class DynamicsTrainConfig:
     learning_rate: float = 1e-3
     max_time_minutes: Optional[float] = None
     early_stopping_patience: int = 5
+    export_dtype: str = "float32"        # rollouts run in this precision (float32: ~2x faster on CPU)
 
 
 @dataclass
@@ -188,8 +189,8 @@ def train_dynamics(config: DynamicsTrainConfig, resume: bool = False, progress: 
                 "frame_interval_ps": data.frame_interval_ps, "stride_frames": config.stride_frames,
                 "temperature_K": data.temperature_K, "model_config": asdict(config.model),
                 "training": {"config": asdict(config), "summary": summary}}
-    save_scripted(dynamics.double(), dict(metadata, kind=DYNAMICS_KIND), output / "dynamics.pt", "float64", overwrite=True)
-    save_scripted(score.double(), dict(metadata, kind=SCORE_KIND), output / "score.pt", "float64", overwrite=True)
+    save_scripted(dynamics, dict(metadata, kind=DYNAMICS_KIND), output / "dynamics.pt", config.export_dtype, overwrite=True)
+    save_scripted(score, dict(metadata, kind=SCORE_KIND), output / "score.pt", config.export_dtype, overwrite=True)
     write_json(output / "summary.json", summary)
     return summary
 

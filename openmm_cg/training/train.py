@@ -186,7 +186,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
     )
     last = output / "checkpoints" / "last.ckpt"
     trainer.fit(task, _loader(train_arrays, opt.batch_size, True, config.seed),
-                _loader(val_arrays, max(opt.batch_size, 1024), False, config.seed),
+                _loader(val_arrays, _evaluation_batch(opt.batch_size, periodic), False, config.seed),
                 ckpt_path=str(last) if (resume and last.exists()) else None)
 
     best = checkpoint.best_model_path or str(last)
@@ -339,9 +339,16 @@ def export_run(run_dir, path, dtype: str = "float32", checkpoint: str = "best", 
     return export_model(model, metadata, path, dtype=dtype, overwrite=overwrite)
 
 
-def _mse(model, arrays, chunk: int = 1024) -> float:
+def _evaluation_batch(batch_size: int, periodic: bool) -> int:
+    """Frames per validation batch: large for small molecules; a liquid frame has thousands of pairs and its
+    activations for 1024 frames would take tens of GB."""
+    return 4 * batch_size if periodic else max(batch_size, 1024)
+
+
+def _mse(model, arrays) -> float:
     total, count = 0.0, 0
     *inputs, f_delta = arrays
+    chunk = _evaluation_batch(64, len(inputs) > 1)
     for start in range(0, len(f_delta), chunk):
         positions = torch.as_tensor(inputs[0][start:start + chunk]).requires_grad_(True)
         extras = [torch.as_tensor(b[start:start + chunk]) for b in inputs[1:]]  # boxes, temperatures
