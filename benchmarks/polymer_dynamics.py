@@ -34,6 +34,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONFIGS = ROOT / "openmm_cg" / "configs"
+CONTACT_NM = 1.0  # two beads (of ~4 monomers, 0.5 nm each) in contact
 VARIANTS = {"a_no_refinement": "none", "b_score_refinement": "score", "c_openmm_relaxation": "openmm"}
 
 
@@ -107,17 +108,42 @@ def stage_rollouts(work: Path, data, summary: dict, args) -> dict:
         out = work / "rollouts" / name
         config = RolloutConfig(steps=steps, seed=args.seed, report_interval=1, checkpoint_interval=100,
                                format="dcd", refinement=refinement, collision_nm=collision_nm, stop_on_failure=False)
-        timing = out / "timing.json"
-        start = time.perf_counter()
         result = rollout(work / "dynamics" / "dynamics.pt", [c.sequence for c in test], history, config, out,
                          score_path=work / "dynamics" / "score.pt", chain_tables_path=stage_chain_tables(work, data, summary),
                          bead_masses_amu=np.concatenate([c.bead_masses_amu for c in test]))
-        if not timing.exists():  # time only a rollout run in one go, not a resumed remainder
-            timing.write_text(json.dumps({"seconds": time.perf_counter() - start, "steps": result["steps"]}))
-        result["timing"] = json.loads(timing.read_text())
         result["collision_nm"] = collision_nm
         results[name] = result
     return results
+
+
+def learned_speed(work: Path, data, summary: dict, refinement: str, steps: int) -> dict:
+    """Simulated ps per wall-clock second of the learned propagator on the same batch as the rollouts
+    (every test chain x replicas), timed here, next to the MD timing, without file output."""
+    import torch
+
+    from openmm_cg.classical.chain_force_matching import ChainForceTables, openmm_relaxer
+    from openmm_cg.dynamics.chains import build_chain_batch
+    from openmm_cg.dynamics.propagator import Propagator, RolloutChecks, score_refiner
+    from openmm_cg.dynamics.rollout import history_from_frames
+    from openmm_cg.dynamics.train import load_dynamics, load_score
+
+    model, metadata = load_dynamics(work / "dynamics" / "dynamics.pt")
+    test = [data.chains[i] for i in summary["test_chains"]] * summary["replicas"]
+    chains = build_chain_batch([c.sequence for c in test], metadata["monomer_types"], metadata["particles_per_bead"])
+    history = np.concatenate([history_from_frames(c.positions_nm, data.frame_interval_ps, metadata) for c in test], 1)
+    refine = None
+    if refinement == "score":
+        refine = score_refiner(load_score(work / "dynamics" / "score.pt")[0])
+    elif refinement == "openmm":
+        tables = ChainForceTables.from_dict(json.loads((work / "chain_tables.json").read_text()))
+        refine = openmm_relaxer(tables, np.concatenate([c.bead_masses_amu for c in test]), chains.bead_counts,
+                                metadata["temperature_K"])
+    propagator = Propagator(model, chains, torch.as_tensor(history), 0, RolloutChecks(stop_on_failure=False), refine)
+    propagator.run(3)  # warm-up
+    start = time.perf_counter()
+    propagator.run(steps)
+    seconds = time.perf_counter() - start
+    return {"steps": steps, "seconds": seconds, "ps_per_second": steps * metadata["step_ps"] / seconds}
 
 
 def md_speed(sequences, steps: int, threads: int) -> dict:
@@ -146,10 +172,11 @@ def md_speed(sequences, steps: int, threads: int) -> dict:
 def chain_observables(trajectories, masses, interval_ps: float, max_lag_ps: float) -> dict:
     """Observables of one chain from one or more independent trajectories (frames, beads, 3): the mean Rg
     over all frames, the Rg^2 autocorrelation averaged over trajectories, the mean diffusion coefficient."""
-    from openmm_cg.analysis.polymer import (autocorrelation, chain_diffusion_nm2_per_ps, radius_of_gyration_nm,
-                                            relaxation_time_ps)
+    from openmm_cg.analysis.polymer import (autocorrelation, chain_diffusion_nm2_per_ps, contact_map,
+                                            radius_of_gyration_nm, relaxation_time_ps)
 
     rgs = [radius_of_gyration_nm(x, masses) for x in trajectories]
+    contacts = np.mean([contact_map(x, CONTACT_NM) for x in trajectories], axis=0)
     shortest = min(len(rg) for rg in rgs)
     max_lag = max(2, min(shortest // 4, int(round(max_lag_ps / interval_ps))))
     acf = np.mean([autocorrelation(rg ** 2, max_lag) for rg in rgs], axis=0)
@@ -158,7 +185,7 @@ def chain_observables(trajectories, masses, interval_ps: float, max_lag_ps: floa
             "diffusion_nm2_per_ps": float(np.mean([chain_diffusion_nm2_per_ps(x, masses, interval_ps,
                                                                               max(5, len(x) // 10))
                                                    for x in trajectories])),
-            "rg_nm_series": rgs[0].tolist()}
+            "contact_map": contacts.tolist(), "rg_nm_series": rgs[0].tolist()}
 
 
 def r_squared(reference, learned) -> dict:
@@ -179,6 +206,7 @@ def main():
     parser.add_argument("--rollout-steps", type=int, help="default: as long as the reference")
     parser.add_argument("--max-lag-ps", type=float, default=500.0)
     parser.add_argument("--md-steps", type=int, default=5000)
+    parser.add_argument("--speed-steps", type=int, default=50, help="learned steps timed per variant")
     parser.add_argument("--replicas", type=int, default=8, help="independent rollouts of every test chain")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -219,7 +247,7 @@ def main():
         failed = {int(c): step for c, step in ((c, f["step"]) for c, f in result["failures"].items())}
         counts = [c.n_beads for c in test] * args.replicas
         offsets = np.cumsum([0] + counts)
-        learned_rg, reference_rg, learned_tau, reference_tau = [], [], [], []
+        learned_rg, reference_rg, learned_tau, reference_tau, contact_errors, diffusion_ratios = [], [], [], [], [], []
         for k, (entry, chain) in enumerate(zip(per_chain, test)):
             pieces = []
             for replica in range(args.replicas):
@@ -237,17 +265,24 @@ def main():
             reference_rg.append(entry["reference"]["mean_rg_nm"])
             learned_tau.append(entry[name]["rg2_relaxation_ps"])
             reference_tau.append(entry["reference"]["rg2_relaxation_ps"])
-        timing = result["timing"]
+            pairs = np.triu_indices(chain.n_beads, 2)
+            entry[name]["contact_map_mean_abs_error"] = float(np.abs(
+                np.array(entry[name]["contact_map"])[pairs] - np.array(entry["reference"]["contact_map"])[pairs]).mean())
+            contact_errors.append(entry[name]["contact_map_mean_abs_error"])
+            diffusion_ratios.append(entry[name]["diffusion_nm2_per_ps"] / entry["reference"]["diffusion_nm2_per_ps"])
         variants[name] = {
             "chains_evaluated": len(learned_rg), "collision_threshold_nm": result["collision_nm"],
             "collision_or_blowup_fraction": len(failed) / (len(test) * args.replicas),
             "mean_rg_r2": r_squared(reference_rg, learned_rg),
             "rg2_relaxation_r2": r_squared(reference_tau, learned_tau),
-            "ps_per_second": timing["steps"] * step_ps / timing["seconds"],
+            "contact_map_mean_abs_error": float(np.mean(contact_errors)),
+            "com_diffusion_ratio_learned_over_reference_median": float(np.median(diffusion_ratios)),
         }
     md = md_speed([c.sequence for c in test] * args.replicas, args.md_steps, args.threads)
-    for entry in variants.values():
-        entry["speedup_vs_openmm_md"] = entry["ps_per_second"] / md["ps_per_second"]
+    for name, entry in variants.items():
+        entry["speed"] = learned_speed(work, data, dict(summary, replicas=args.replicas), VARIANTS[name],
+                                       args.speed_steps)
+        entry["speedup_vs_openmm_md"] = entry["speed"]["ps_per_second"] / md["ps_per_second"]
 
     result = {"machine": machine_info(), "reference": {
                   "chains": len(data.chains), "test_chains": len(test), "rollout_replicas_per_chain": args.replicas,
@@ -258,7 +293,9 @@ def main():
                         "training": {k: v for k, v in summary.items() if k not in ("train_chains",)}},
               "openmm_md": md, "variants": variants,
               "targets": {"mean_rg_r2": 0.90, "rg2_relaxation_r2": 0.48, "speedup": 100},
-              "per_chain": [{k: ({kk: vv for kk, vv in v.items() if kk != "rg_nm_series"} if isinstance(v, dict) else v)
+              "contact_cutoff_nm": CONTACT_NM,
+              "per_chain": [{k: ({kk: vv for kk, vv in v.items() if kk not in ("rg_nm_series", "contact_map")}
+                                 if isinstance(v, dict) else v)
                              for k, v in entry.items()} for entry in per_chain]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,6 @@
 """Force-matched pair tables for chains (option (c) of the learned dynamics): recovery of known pair
 forces, the TorchScript potential in OpenMM, and the relaxation step."""
 import numpy as np
-import pytest
 import torch
 
 from openmm_cg.classical.chain_force_matching import (ChainForceTables, ChainPairPotential, OpenMMRelaxation,

@@ -18,7 +18,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from .._runtime import openmm
-from openmm import app, unit
+from openmm import app
 
 from ..errors import InputError
 
