@@ -9,8 +9,8 @@ list), so the exported file needs only the box that TorchForce passes once
 A temperature-aware model (``temperature_reference_K`` set) takes the temperature as a third input,
 an OpenMM global parameter of the TorchForce (``TEMPERATURE_PARAMETER``): its network has two energy
 channels and E(x; T) = E_0(x) + (T - T_ref)/T_ref * E_1(x), the first-order energy-entropy split of a
-free energy (W = U - T S): a potential of mean force is linear in T when U and S of the eliminated
-degrees of freedom are, which makes interpolation between training temperatures well posed.
+free energy (W = U - T S): the potential of mean force is exactly linear in T when its energetic and
+entropic parts do not depend on T, and this form interpolates between training temperatures smoothly.
 """
 from typing import List, Optional
 
