@@ -236,6 +236,8 @@ def main():
     parser.add_argument("--pressure-frames", type=int, default=200, help="CG frames per virial pressure")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--models", nargs="+", help="train and run only these models, and write no table: to share "
+                                                     "the work among processes; a last run without it writes the table")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
 
@@ -253,10 +255,17 @@ def main():
         return
     reference = stage_reference_observables(work, temperatures, args)
     specs = model_specs(temperatures)
+    if args.models:
+        unknown = set(args.models) - {spec.name for spec in specs}
+        if unknown:
+            parser.error(f"unknown models {sorted(unknown)}; the study has {[spec.name for spec in specs]}")
+        specs = [spec for spec in specs if spec.name in args.models]
     models = stage_models(work, specs, args)
     if args.stage == "models":
         return
     runs = stage_cg_runs(work, models, temperatures, args)
+    if args.models:
+        return
 
     interval_ps = args.cg_report_interval * args.cg_timestep_fs * 1e-3
     mass = float(CGDataset.load(dataset_path(work, temperatures[0])).mapping.masses_amu.sum())

@@ -21,9 +21,10 @@ Stages (each resumable: finished outputs are kept and re-running continues):
 6. speed: simulated ps per wall-clock second of each rollout (all replicas) against OpenMM MD of the same
    chains, replicas included (one System, the reference's 20 fs Langevin steps, the CPU platform), in
    the same run.
-Writes benchmarks/results/polymer_dynamics.json and polymer_rg.png. The 20 ps-step variant in
-results/polymer_dynamics_step20ps.json came from ``--work runs/polymers_s20 --stride-frames 20`` (same
-reference and CG data).
+Writes benchmarks/results/polymer_dynamics.json and polymer_rg.png (15 ps steps, the config's). The
+10 and 20 ps variants in results/polymer_dynamics_step10ps.json and _step20ps.json came from
+``--work runs/polymers_s10 --stride-frames 10`` and ``--work runs/polymers_s20 --stride-frames 20`` with
+``--out`` elsewhere (the same reference and CG data, linked into each work folder).
 """
 import argparse
 import json
@@ -147,7 +148,8 @@ def learned_speed(work: Path, data, summary: dict, refinement: str, steps: int) 
     start = time.perf_counter()
     propagator.run(steps)
     seconds = time.perf_counter() - start
-    return {"steps": steps, "seconds": seconds, "ps_per_second": steps * metadata["step_ps"] / seconds}
+    return {"steps": steps, "seconds": seconds, "ps_per_second": steps * metadata["step_ps"] / seconds,
+            "torch_threads": torch.get_num_threads()}
 
 
 def md_speed(sequences, steps: int, threads: int) -> dict:
@@ -213,16 +215,18 @@ def main():
     parser.add_argument("--md-steps", type=int, default=5000)
     parser.add_argument("--speed-steps", type=int, default=50, help="learned steps timed per variant")
     parser.add_argument("--replicas", type=int, default=8, help="independent rollouts of every test chain")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads of OpenMM and of torch")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
 
     import mdtraj
+    import torch
 
     from openmm_cg.dynamics.train import load_dynamics
     from openmm_cg.machine import machine_info
 
+    torch.set_num_threads(args.threads)
     work = Path(args.work)
     reference_paths = stage_reference(work, args.frames)
     if args.stage == "reference":

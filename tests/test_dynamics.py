@@ -1,4 +1,6 @@
 """The learned propagator: integration, batching, checkpoints, export, equivariance, bad input."""
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 import torch
@@ -120,6 +122,40 @@ def test_exported_dynamics_equals_the_training_model(tmp_path):
     for got, want in zip(loaded.delta_distribution(history, embedding, batch.pairs, batch.bonded),
                          model.delta_distribution(history, embedding, batch.pairs, batch.bonded)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_pair_layer_equals_the_linear_layer_on_concatenated_pair_features():
+    from openmm_cg.dynamics.model import _pair_linear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3 * 5, 7).double()
+    h, edges = torch.randn(6, 5, dtype=torch.float64), torch.randn(9, 5, dtype=torch.float64)
+    receivers, senders = torch.randint(0, 6, (9,)), torch.randint(0, 6, (9,))
+    torch.testing.assert_close(_pair_linear(layer.weight, layer.bias, h, receivers, senders, edges),
+                               layer(torch.cat([h[receivers], h[senders], edges], dim=-1)), rtol=0, atol=1e-13)
+
+
+def test_rescript_rebuilds_the_same_exported_model(tmp_path):
+    from openmm_cg.dynamics.train import DYNAMICS_KIND, load_dynamics, rescript
+    from openmm_cg.export import save_scripted
+
+    model = random_model()
+    batch = build_chain_batch(SEQUENCES, TYPES, 4)
+    history = initial_history(batch, SMALL.history)
+    metadata = {"kind": DYNAMICS_KIND, "step_ps": 10.0, "monomer_types": TYPES, "model_config": asdict(SMALL)}
+    path = save_scripted(model, metadata, tmp_path / "dynamics.pt", "float64")
+    before = load_dynamics(path)[0]
+    rescript(path)
+    after, metadata_after = load_dynamics(path)
+    assert metadata_after["step_ps"] == 10.0 and metadata_after["dtype"] == "float64"
+    embedding = before.bead_embedding(batch.monomer_types, batch.fine_edges, batch.assignment, batch.n_beads)
+    for got, want in zip(after.delta_distribution(history, embedding, batch.pairs, batch.bonded),
+                         before.delta_distribution(history, embedding, batch.pairs, batch.bonded)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    (tmp_path / "other.json").write_text('{"kind": "openmm-cg potential"}')
+    (tmp_path / "other.pt").write_bytes(path.read_bytes())
+    with pytest.raises(InputError, match="not an openmm-cg dynamics or score model"):
+        rescript(tmp_path / "other.pt")
 
 
 def test_mean_rotates_with_the_chain_and_ignores_translations():

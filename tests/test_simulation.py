@@ -1,5 +1,6 @@
 """OpenMM simulation of an exported model: temperatures, outputs, resume, blow-ups."""
 import csv
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -52,6 +53,9 @@ def test_resume_continues_and_refuses_other_settings(langevin_run, ala2_dataset,
     assert len(load_simulation_positions(out)) == 320
     steps = _log_column(out / "log.csv", "step")
     assert np.all(np.diff(steps) == 20) and steps[-1] == 6400
+    finished = run_simulation(potential, cg_frames(dataset, 20).reshape(-1, 3), replace(config, threads=1), out,
+                              progress=False)  # nothing left to run, on another thread count: the speed is kept
+    assert finished["steps"] == 6400 and finished["steps_per_second"] == pytest.approx(again["steps_per_second"])
     config.n_steps = 6600
     other_model = CGPotential.load(ala2_exported["float64"])
     with pytest.raises(InputError, match="different model file"):

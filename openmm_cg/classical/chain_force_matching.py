@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..nn.tabulated import knot_energies, linear_force_energy
 
 
 @dataclass
@@ -122,11 +123,8 @@ class ChainPairPotential(nn.Module):
         r_min = torch.as_tensor(tables.r_min_nm, dtype=torch.float64)
         r_max = torch.as_tensor(tables.r_max_nm, dtype=torch.float64)
         spacing = (r_max - r_min) / (forces.shape[1] - 1)
-        # Energy at each knot: U(knot) = integral of f from the knot to the table's end (U(end) = 0).
-        segment = 0.5 * (forces[:, 1:] + forces[:, :-1]) * spacing.unsqueeze(1)
-        tail = torch.flip(torch.cumsum(torch.flip(segment, [1]), 1), [1])
         self.register_buffer("forces", forces)
-        self.register_buffer("energies", torch.cat([tail, torch.zeros(forces.shape[0], 1, dtype=torch.float64)], 1))
+        self.register_buffer("energies", knot_energies(forces, spacing))  # U = 0 at each table's end
         self.register_buffer("r_min", r_min)
         self.register_buffer("r_max", r_max)
         self.register_buffer("spacing", spacing)
@@ -143,12 +141,12 @@ class ChainPairPotential(nn.Module):
         position = torch.clamp((r - lo) / h, 0.0, n - 1 - 1e-9)
         k = torch.floor(position).long()
         t = position - k.to(r.dtype)
-        f0, f1, u0 = self.forces[kind, k], self.forces[kind, k + 1], self.energies[kind, k]
-        inside = u0 - h * (f0 * t + 0.5 * (f1 - f0) * t * t)
-        below = torch.clamp(r - lo, max=0.0)
-        wall = self.energies[kind, 0] - (self.forces[kind, 0] * below + 0.5 * self.slope_low[kind] * below * below)
-        above = torch.clamp(r - hi, min=0.0)
-        pull = -(self.forces[kind, -1] * above + 0.5 * self.slope_high[kind] * above * above)
+        f0, f1 = self.forces[kind, k], self.forces[kind, k + 1]
+        inside = linear_force_energy(self.energies[kind, k], f0, (f1 - f0) / h, t * h)
+        wall = linear_force_energy(self.energies[kind, 0], self.forces[kind, 0], self.slope_low[kind],
+                                   torch.clamp(r - lo, max=0.0))
+        pull = linear_force_energy(torch.zeros_like(r), self.forces[kind, -1], self.slope_high[kind],
+                                   torch.clamp(r - hi, min=0.0))
         pull = torch.where(kind == self.n_tables - 1, torch.zeros_like(pull), pull)
         return torch.where(r < lo, wall, torch.where(r > hi, pull, inside))
 

@@ -221,3 +221,23 @@ def check_step_size(metadata: dict, frame_interval_ps: float, stride_frames: int
     if not np.isclose(spacing, metadata["step_ps"], rtol=1e-6):
         raise InputError(f"initial frames are {spacing:g} ps apart; this model was trained with steps of "
                          f"{metadata['step_ps']:g} ps: give frames at that spacing")
+
+
+def rescript(path) -> Path:
+    """Export a propagator or score model again with this version's code, from the weights saved beside it
+    (``.state.pt``) and the metadata inside it: the same function, this version's implementation."""
+    import json
+
+    from ..export import sidecar_paths
+    from ..training.config import dataclass_from_dict
+
+    metadata_path, state_path = sidecar_paths(path)
+    kind = json.loads(Path(metadata_path).read_text()).get("kind")
+    if kind not in (DYNAMICS_KIND, SCORE_KIND):
+        raise InputError(f"{path} is not an openmm-cg dynamics or score model (kind {kind!r})")
+    _, metadata = load_exported(path, kind=kind)
+    config = dataclass_from_dict(DynamicsConfig, metadata["model_config"], "model_config")
+    n_types = len(metadata["monomer_types"])
+    module = CGDynamics(config, n_types, metadata["step_ps"]) if kind == DYNAMICS_KIND else ScoreNetwork(config, n_types)
+    module.to(getattr(torch, metadata["dtype"])).load_state_dict(torch.load(state_path, map_location="cpu"))
+    return save_scripted(module, metadata, path, metadata["dtype"], overwrite=True)

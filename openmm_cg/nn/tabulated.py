@@ -14,6 +14,20 @@ from torch import nn
 from .neighbors import neighbor_pairs
 
 
+def knot_energies(forces: torch.Tensor, spacing: torch.Tensor) -> torch.Tensor:
+    """U at every knot of piecewise-linear force tables (knots along the last axis, ``spacing`` one per
+    table): the integral of f from the knot to the last knot, where U = 0. Trapezoids are exact here."""
+    segment = 0.5 * (forces[..., 1:] + forces[..., :-1]) * spacing.unsqueeze(-1)
+    tail = torch.flip(torch.cumsum(torch.flip(segment, [-1]), -1), [-1])
+    return torch.cat([tail, torch.zeros_like(forces[..., :1])], -1)
+
+
+def linear_force_energy(u0: torch.Tensor, f0: torch.Tensor, slope: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """U(r0 + d) where U(r0) = u0 and the force -dU/dr = f0 + slope * (r - r0) is linear: inside a table
+    segment, and for the linear continuations beyond its ends."""
+    return u0 - (f0 * d + 0.5 * slope * d * d)
+
+
 class PeriodicTabulatedPair(nn.Module):
     """E(positions (N, 3) nm, box (3, 3) nm) in kJ/mol of the pair force table ``force_kJ_per_mol_nm`` on
     uniform knots from ``r_first_nm`` to ``cutoff_nm`` (the last knot's force must be 0)."""
@@ -32,10 +46,7 @@ class PeriodicTabulatedPair(nn.Module):
         self.register_buffer("dtype_probe", torch.zeros(0))
         self.register_buffer("bead_types", torch.zeros(1, dtype=torch.long))
         self.register_buffer("forces", forces)
-        # Energy at each knot: integral of f from the knot out to the cutoff (trapezoids are exact here).
-        segment = 0.5 * (forces[1:] + forces[:-1]) * self.spacing_nm
-        tail = torch.flip(torch.cumsum(torch.flip(segment, [0]), 0), [0])
-        self.register_buffer("energies", torch.cat([tail, torch.zeros(1, dtype=torch.float64)]))
+        self.register_buffer("energies", knot_energies(forces, torch.tensor(self.spacing_nm, dtype=torch.float64)))
         self.register_buffer("first_slope", torch.clamp((forces[1] - forces[0]) / self.spacing_nm, max=0.0).reshape(1))
 
     def pair_energy(self, r: torch.Tensor) -> torch.Tensor:
@@ -43,11 +54,11 @@ class PeriodicTabulatedPair(nn.Module):
         position = (r - self.r_first_nm) / h
         k = torch.clamp(torch.floor(position), 0, self.forces.numel() - 2).long()
         t = position - k.to(r.dtype)
-        f0, f1, u0 = self.forces[k], self.forces[k + 1], self.energies[k]
-        inside = u0 - h * (f0 * t + 0.5 * (f1 - f0) * t * t)
+        f0, f1 = self.forces[k], self.forces[k + 1]
+        inside = linear_force_energy(self.energies[k], f0, (f1 - f0) / h, t * h)
         below = r < self.r_first_nm
         d = torch.where(below, r - self.r_first_nm, torch.zeros_like(r))
-        wall = self.energies[0] - (self.forces[0] * d + 0.5 * self.first_slope * d * d)
+        wall = linear_force_energy(self.energies[0], self.forces[0], self.first_slope, d)
         energy = torch.where(below, wall, inside)
         return torch.where(r < self.cutoff_nm, energy, torch.zeros_like(r))
 

@@ -175,19 +175,21 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
     checkpoint_path = out_dir / "checkpoint.chk"
     if resume:
         state = json.loads(progress_path.read_text())
-        if state["config"] != asdict(config) | {"n_steps": state["config"]["n_steps"]}:
+        # n_steps may grow (extend a run) and threads may differ (another machine): neither changes the physics
+        if state["config"] | {"n_steps": 0, "threads": None} != asdict(config) | {"n_steps": 0, "threads": None}:
             raise InputError(f"{out_dir} holds a run with different settings; use another folder or --overwrite")
         if state.get("model_sha256") != model_sha256:
             raise InputError(f"{out_dir} holds a run of a different model file than {potential.path}; "
                              "use another folder or --overwrite")
         simulation.loadCheckpoint(str(checkpoint_path))
         step, n_frames = int(state["step"]), int(state["frames"])
+        wall_seconds_before = float(state.get("wall_seconds", 0.0))
         _truncate_trajectory(traj_path, topology, config.trajectory_format, n_frames)
         _truncate_log(log_path, step)
     else:
         simulation.context.setPositions(positions_nm)
         simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin, config.seed + 1)
-        step, n_frames = 0, 0
+        step, n_frames, wall_seconds_before = 0, 0, 0.0
         app.PDBFile.writeFile(topology, positions_nm * 10.0 * unit.angstrom, open(out_dir / "topology.pdb", "w"))
         with open(log_path, "w", newline="") as handle:
             csv.writer(handle).writerow(LOG_FIELDS)
@@ -229,18 +231,19 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
                     writer.close()
                     simulation.saveCheckpoint(str(checkpoint_path))
                     write_json(progress_path, {"step": step, "frames": n_frames, "config": asdict(config),
+                                               "wall_seconds": wall_seconds_before + time.perf_counter() - started,
                                                "model": str(potential.path), "model_sha256": model_sha256,
                                                "platform": platform_name, "n_replicas": n_replicas})
                     writer = _TrajectoryWriter(traj_path, topology, config.trajectory_format, config.timestep_ps,
                                                config.report_interval, append=True)
     finally:
         writer.close()
-    elapsed = time.perf_counter() - started
-    steps_run = step - start_step
+    # over every session of the run, so a finished run that is resumed still reports its speed
+    wall_seconds = json.loads(progress_path.read_text()).get("wall_seconds", 0.0) if progress_path.exists() else 0.0
     return {
         "steps": step, "frames": n_frames, "n_replicas": n_replicas, "platform": platform_name,
         "trajectory": str(traj_path), "log": str(log_path),
-        "steps_per_second": steps_run / elapsed if elapsed > 0 and steps_run else None,
+        "steps_per_second": step / wall_seconds if wall_seconds > 0 and step else None,
         "simulated_ns_per_replica": step * config.timestep_ps * 1e-3,
     }
 

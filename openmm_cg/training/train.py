@@ -123,10 +123,11 @@ def _prepare_output(output: Path, config: TrainConfig, resume: bool, overwrite: 
 
             previous = asdict(load_config(saved))
             current = asdict(config)
-            previous["training"].pop("max_epochs"), current["training"].pop("max_epochs")
+            for settings in (previous, current):  # neither changes what the network is trained on
+                settings["training"].pop("max_epochs"), settings["data"].pop("validation_frame_stride")
             if previous != current:
                 raise InputError(f"{output} was trained with a different config; resume needs the same settings "
-                                 "(only training.max_epochs may change)")
+                                 "(only training.max_epochs and data.validation_frame_stride may change)")
     output.mkdir(parents=True, exist_ok=True)
     return output
 
@@ -160,7 +161,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
 
     with_temperatures = temperature_reference is not None
     train_arrays = _delta_arrays(params, train_sets, stride, with_temperatures)
-    val_arrays = _delta_arrays(params, val_sets, stride, with_temperatures)
+    val_arrays = _delta_arrays(params, val_sets, stride * max(1, int(config.data.validation_frame_stride)),
+                               with_temperatures)
     x_train, x_val, f_val = train_arrays[0], val_arrays[0], val_arrays[-1]
     # Energy scale: force magnitude times a typical bead displacement (0.1 nm) keeps raw outputs O(1).
     energy_scale = float(np.std(train_arrays[-1])) * 0.1
