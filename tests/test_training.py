@@ -38,8 +38,13 @@ def test_train_resume_and_export(ala2_dataset, tmp_path):
     assert second["epochs_run"] == 2
     series = read_epoch_metrics(tmp_path / "run")  # both the first run and the resumed one
     assert sorted(set(series["val_mse"][0])) == [0, 1]
+    config.training.max_epochs, config.data.validation_frame_stride = 3, 3  # neither changes the training data
+    third = train(config, resume=True, progress=False)
+    assert third["train_frames"] == first["train_frames"]
+    assert third["validation_frames"] == -(-first["validation_frames"] // 3)
 
     changed = _config(path, tmp_path / "run")
+    changed.training.max_epochs = 3
     changed.model.cgschnet.n_features = 32
     with pytest.raises(InputError, match="different config"):
         train(changed, resume=True, progress=False)
