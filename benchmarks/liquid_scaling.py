@@ -10,15 +10,15 @@ Writes benchmarks/results/liquid_scaling.json: ms per step, ms per step per 1000
 growth of the per-bead cost from 8k to 64k beads (target < 1.5: linear scaling), plus the
 neighbor search alone (cell list) against all pairs at the smallest size as the in-run baseline.
 
-Each size is timed twice, in subprocesses: with glibc's default allocator settings, and with
-MALLOC_MMAP_THRESHOLD_ raised. By default glibc serves every block above 32 MB by a fresh mmap and
-returns it on free, so a 64k-bead step (GBs of autograd buffers) page-faults all of its memory
-again on every step; with the threshold raised, freed memory is reused. The variable must be set
-before Python starts (mallopt() at run time caps the threshold at 32 MB).
+Each size is timed in a subprocess for two exports of the same model: CGSchNet passing its pairs
+through the network in blocks (the default, nn.schnet.PAIR_BLOCK) and in one block (the whole
+pair list at once, as before blocks). With one block every per-pair buffer of a 64k-bead step is
+hundreds of MB; glibc serves each such allocation by a fresh mmap and returns it on free, so the
+step page-faults all of its memory again every time, and the per-bead cost grows with size. Blocks of
+a few MB are reused from the heap and stay in cache. --model times one given export as it is.
 """
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -30,7 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 METHANOL_BEADS_PER_NM3 = 14.85  # 0.79 g/cm^3, 32.04 g/mol
-REUSE_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(16 * 1024 ** 3)}
+ONE_BLOCK = 2 ** 62
 
 
 def liquid_positions(n_beads: int, seed: int = 0):
@@ -44,7 +44,7 @@ def liquid_positions(n_beads: int, seed: int = 0):
     return grid + jitter, np.eye(3) * per_side * spacing
 
 
-def build_model(path: Path, args):
+def build_model(path: Path, args, pair_block: int):
     from openmm_cg.export import export_model, model_metadata
     from openmm_cg.nn.periodic import PeriodicCGPotentialModule
     from openmm_cg.nn.schnet import SchNetConfig
@@ -54,6 +54,7 @@ def build_model(path: Path, args):
                           cutoff_nm=args.cutoff_nm)
     prior = PairPriorParameters(c=1e-6, exponent=12.0, cutoff_nm=0.5)
     module = PeriodicCGPotentialModule([0], prior, config)
+    module.network.pair_block = pair_block
     bead = {"bead_names": ["MOH"], "bead_types": [0], "type_names": ["MOH"], "masses_amu": [32.042],
             "cg_topology": {"chains": [{"id": "A", "residues": [{"name": "MOH", "id": "1", "atoms": [
                 {"name": "MOH", "element": None}]}]}], "bonds": []}}
@@ -124,26 +125,32 @@ def main():
 
     from openmm_cg.machine import machine_info
 
+    from openmm_cg.nn.schnet import PAIR_BLOCK
+
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(args.model) if args.model else build_model(Path(tmp) / "liquid.pt", args)
+        if args.model:
+            models = {"given_model": Path(args.model)}
+        else:
+            models = {"pairs_in_blocks": build_model(Path(tmp) / "blocks.pt", args, PAIR_BLOCK),
+                      "one_block": build_model(Path(tmp) / "one_block.pt", args, ONE_BLOCK)}
         runs = {}
-        for setting, env in (("default_malloc", {}), ("malloc_reuses_freed_memory", REUSE_FREED_MEMORY)):
+        for setting, path in models.items():
             runs[setting] = {}
             for n, steps in zip(args.sizes, args.steps):
                 command = [sys.executable, __file__, "--worker", "--model", str(path), "--sizes", str(n),
                            "--steps", str(steps), "--threads", str(args.threads)]
-                output = subprocess.run(command, env=dict(os.environ, **env), check=True, capture_output=True,
-                                        text=True).stdout
+                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
                 runs[setting][n] = json.loads(output.strip().splitlines()[-1])
     result = {
         "machine": machine_info(),
         "model": args.model or {"architecture": "cgschnet (untrained: cost does not depend on weights)",
                                 "n_features": args.features, "n_interactions": args.interactions,
-                                "n_rbf": args.rbf, "cutoff_nm": args.cutoff_nm, "pair_prior": True},
+                                "n_rbf": args.rbf, "cutoff_nm": args.cutoff_nm, "pair_prior": True,
+                                "dtype": "float32"},
         "platform": "CPU", "threads": args.threads, "density_beads_per_nm3": METHANOL_BEADS_PER_NM3,
         "neighbor_search_1000_beads": neighbor_search_ms(args.sizes[0], args.cutoff_nm),
-        "allocator_settings": {"default_malloc": "glibc defaults",
-                               "malloc_reuses_freed_memory": REUSE_FREED_MEMORY},
+        "settings": {"pairs_in_blocks": f"CGSchNet pair blocks of {PAIR_BLOCK}",
+                     "one_block": "the whole pair list at once (the code before blocks)"},
     }
     for setting, timings in runs.items():
         per_bead = {n: run["ms_per_step"] / n * 1000 for n, run in timings.items()}
@@ -154,6 +161,10 @@ def main():
             entry["per_bead_cost_growth_8k_to_64k"] = per_bead[64000] / per_bead[8000]
             entry["target_growth_below_1_5"] = entry["per_bead_cost_growth_8k_to_64k"] < 1.5
         result[setting] = entry
+    if "pairs_in_blocks" in result and "one_block" in result:
+        result["one_block_over_blocks_ms_per_step"] = {
+            n: result["one_block"]["ms_per_step"][n] / result["pairs_in_blocks"]["ms_per_step"][n]
+            for n in result["pairs_in_blocks"]["ms_per_step"]}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))

@@ -50,6 +50,18 @@ def test_batched_frames_equal_single_frames():
     assert float(batched[1]) == pytest.approx(float(module(y, box * 1.05)), rel=1e-12)
 
 
+def test_pairs_in_blocks_give_the_same_energy_and_forces():
+    module, x, box = liquid()
+    x = x.clone().requires_grad_(True)
+    energy = module(x, box)
+    (grad,) = torch.autograd.grad(energy, x)
+    module.network.pair_block = 17  # many blocks, the last one partial
+    blocked = module(x, box)
+    (blocked_grad,) = torch.autograd.grad(blocked, x)
+    assert float(blocked) == pytest.approx(float(energy), rel=1e-12)
+    torch.testing.assert_close(blocked_grad, grad, rtol=1e-10, atol=1e-12)
+
+
 def test_forces_match_finite_differences():
     module, x, box = liquid(n=40)
     x = x.clone().requires_grad_(True)

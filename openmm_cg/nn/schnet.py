@@ -6,10 +6,14 @@ energy. Every piece is smooth: tanh/SiLU activations, Gaussians, and a cutoff en
 and second derivatives vanish at the cutoff, so forces are continuous and simulations conserve energy.
 """
 from dataclasses import dataclass
+from typing import List
 
 import torch
 from torch import nn
 
+# Pairs per block: (block, features) buffers of 8-16 MB for 64 features, below glibc's 32 MB ceiling
+# for serving allocations from its reusable heap instead of fresh memory maps.
+PAIR_BLOCK = 32768
 
 
 @dataclass
@@ -63,13 +67,17 @@ class Interaction(nn.Module):
         self.in2f = nn.Linear(n_features, n_features, bias=False)
         self.f2out = nn.Sequential(nn.Linear(n_features, n_features), activation(act), nn.Linear(n_features, n_features))
 
-    def forward(self, h: torch.Tensor, rbf: torch.Tensor, envelope: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-        # Filters depend on the distance only, so each undirected pair (i < j) computes its filter once
-        # and passes messages both ways: j -> i and i -> j.
-        weights = self.filter(rbf) * envelope.unsqueeze(-1)  # (batch, pairs, F)
+    def forward(self, h: torch.Tensor, rbf: List[torch.Tensor], envelope: List[torch.Tensor],
+                pairs: List[torch.Tensor]) -> torch.Tensor:
+        """``rbf`` (batch, block, n_rbf), ``envelope`` (batch, block) and ``pairs`` (block, 2): blocks of pairs."""
         x = self.in2f(h)
-        aggregated = torch.zeros_like(h).index_add(1, pairs[:, 0], x[:, pairs[:, 1]] * weights)
-        aggregated = aggregated.index_add(1, pairs[:, 1], x[:, pairs[:, 0]] * weights)
+        aggregated = torch.zeros_like(h)
+        for block_rbf, block_envelope, block in zip(rbf, envelope, pairs):
+            # Filters depend on the distance only, so each undirected pair (i < j) computes its filter
+            # once and passes messages both ways: j -> i and i -> j.
+            weights = self.filter(block_rbf) * block_envelope.unsqueeze(-1)  # (batch, block, F)
+            aggregated = aggregated.index_add(1, block[:, 0], x[:, block[:, 1]] * weights)
+            aggregated = aggregated.index_add(1, block[:, 1], x[:, block[:, 0]] * weights)
         return h + self.f2out(aggregated)
 
 
@@ -79,6 +87,7 @@ class CGSchNet(nn.Module):
     def __init__(self, config: SchNetConfig, n_types: int, energy_scale_kJ_per_mol: float = 1.0, n_outputs: int = 1):
         super().__init__()
         self.embedding = nn.Embedding(n_types, config.n_features)
+        self.pair_block = PAIR_BLOCK
         self.rbf = GaussianRBF(config.rbf_min_nm, config.cutoff_nm, config.n_rbf)
         self.cutoff = SmoothCutoff(config.cutoff_nm)
         self.interactions = nn.ModuleList(
@@ -109,10 +118,15 @@ class CGSchNet(nn.Module):
     @torch.jit.export
     def bead_outputs(self, vectors: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
         """(batch, beads, n_outputs) energy channels (kJ/mol); several channels serve state-dependent models."""
-        r = torch.linalg.vector_norm(vectors, dim=-1)
-        rbf = self.rbf(r)
-        envelope = self.cutoff(r)
+        # Pairs go through the network in blocks: every per-pair buffer then stays a few MB, which the
+        # allocator reuses from step to step. Whole-list buffers of a 64k-bead liquid are hundreds of MB
+        # each, and glibc maps every one afresh and page-faults it in again on every step
+        # (benchmarks/liquid_scaling.py). torch.split makes views whose gradients are joined once.
+        r = torch.split(torch.linalg.vector_norm(vectors, dim=-1), self.pair_block, dim=1)
+        rbf = [self.rbf(block) for block in r]
+        envelope = [self.cutoff(block) for block in r]
+        blocks = torch.split(pairs, self.pair_block, dim=0)
         h = self.embedding(types).unsqueeze(0).expand(vectors.shape[0], -1, -1).to(vectors.dtype)
         for interaction in self.interactions:
-            h = interaction(h, rbf, envelope, pairs)
+            h = interaction(h, rbf, envelope, blocks)
         return self.energy_scale * self.output(h)
