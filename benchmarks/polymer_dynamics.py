@@ -177,8 +177,10 @@ def md_speed(sequences, steps: int, threads: int) -> dict:
 
 def chain_observables(trajectories, masses, interval_ps: float, max_lag_ps: float) -> dict:
     """Observables of one chain from one or more independent trajectories (frames, beads, 3): the mean Rg
-    over all frames, the Rg^2 autocorrelation averaged over trajectories, the mean diffusion coefficient."""
-    from openmm_cg.analysis.polymer import (autocorrelation, chain_diffusion_nm2_per_ps, contact_map,
+    over all frames, the Rg^2 autocorrelation averaged over trajectories, the mean diffusion coefficients of
+    the centre of mass and of the beads (their MSD, centre-of-mass motion included)."""
+    from openmm_cg.analysis.liquid import self_diffusion_nm2_per_ps
+    from openmm_cg.analysis.polymer import (autocorrelation, bead_msd_nm2, chain_diffusion_nm2_per_ps, contact_map,
                                             radius_of_gyration_nm, relaxation_time_ps)
 
     rgs = [radius_of_gyration_nm(x, masses) for x in trajectories]
@@ -191,7 +193,9 @@ def chain_observables(trajectories, masses, interval_ps: float, max_lag_ps: floa
             "diffusion_nm2_per_ps": float(np.mean([chain_diffusion_nm2_per_ps(x, masses, interval_ps,
                                                                               max(5, len(x) // 10))
                                                    for x in trajectories])),
-            "contact_map": contacts.tolist(), "rg_nm_series": rgs[0].tolist()}
+            "bead_diffusion_nm2_per_ps": float(np.mean([self_diffusion_nm2_per_ps(
+                bead_msd_nm2(x, max(5, len(x) // 10)), interval_ps) for x in trajectories])),
+            "contact_map": contacts.tolist(), "rg_nm_series": rgs[0].tolist(), "rg_nm_all": np.concatenate(rgs)}
 
 
 def r_squared(reference, learned) -> dict:
@@ -223,6 +227,7 @@ def main():
     import mdtraj
     import torch
 
+    from openmm_cg.analysis.polymer import distribution_overlap
     from openmm_cg.dynamics.train import load_dynamics
     from openmm_cg.machine import machine_info
 
@@ -257,6 +262,7 @@ def main():
         counts = [c.n_beads for c in test] * args.replicas
         offsets = np.cumsum([0] + counts)
         learned_rg, reference_rg, learned_tau, reference_tau, contact_errors, diffusion_ratios = [], [], [], [], [], []
+        rg_overlaps, bead_diffusion_ratios = [], []
         for k, (entry, chain) in enumerate(zip(per_chain, test)):
             pieces = []
             for replica in range(args.replicas):
@@ -279,6 +285,11 @@ def main():
                 np.array(entry[name]["contact_map"])[pairs] - np.array(entry["reference"]["contact_map"])[pairs]).mean())
             contact_errors.append(entry[name]["contact_map_mean_abs_error"])
             diffusion_ratios.append(entry[name]["diffusion_nm2_per_ps"] / entry["reference"]["diffusion_nm2_per_ps"])
+            entry[name]["rg_distribution_overlap"] = distribution_overlap(entry[name]["rg_nm_all"],
+                                                                          entry["reference"]["rg_nm_all"])
+            rg_overlaps.append(entry[name]["rg_distribution_overlap"])
+            bead_diffusion_ratios.append(entry[name]["bead_diffusion_nm2_per_ps"]
+                                         / entry["reference"]["bead_diffusion_nm2_per_ps"])
         variants[name] = {
             "chains_evaluated": len(learned_rg), "collision_threshold_nm": result["collision_nm"],
             "collision_or_blowup_fraction": len(failed) / (len(test) * args.replicas),
@@ -286,6 +297,8 @@ def main():
             "rg2_relaxation_r2": r_squared(reference_tau, learned_tau),
             "contact_map_mean_abs_error": float(np.mean(contact_errors)),
             "com_diffusion_ratio_learned_over_reference_median": float(np.median(diffusion_ratios)),
+            "bead_diffusion_ratio_learned_over_reference_median": float(np.median(bead_diffusion_ratios)),
+            "rg_distribution_overlap_median": float(np.median(rg_overlaps)),
         }
     md = md_speed([c.sequence for c in test] * args.replicas, args.md_steps, args.threads)
     for name, entry in variants.items():
@@ -303,7 +316,7 @@ def main():
               "openmm_md": md, "variants": variants,
               "targets": {"mean_rg_r2": 0.90, "rg2_relaxation_r2": 0.48, "speedup": 100},
               "contact_cutoff_nm": CONTACT_NM,
-              "per_chain": [{k: ({kk: vv for kk, vv in v.items() if kk not in ("rg_nm_series", "contact_map")}
+              "per_chain": [{k: ({kk: vv for kk, vv in v.items() if kk not in ("rg_nm_series", "rg_nm_all", "contact_map")}
                                  if isinstance(v, dict) else v)
                              for k, v in entry.items()} for entry in per_chain]}
     out = Path(args.out)

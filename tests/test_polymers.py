@@ -71,7 +71,7 @@ def test_polymer_reference_is_saved_like_other_reference_data(tmp_path):
 
 def test_polymer_observables_on_known_cases():
     from openmm_cg.analysis.polymer import (autocorrelation, chain_diffusion_nm2_per_ps, contact_map,
-                                            radius_of_gyration_nm, relaxation_time_ps)
+                                            distribution_overlap, radius_of_gyration_nm, relaxation_time_ps)
 
     dumbbell = np.array([[[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]], [[0.0, 0.0, 0.0], [0.0, 4.0, 0.0]]])
     assert radius_of_gyration_nm(dumbbell, np.ones(2)).tolist() == pytest.approx([1.0, 2.0])
@@ -89,3 +89,7 @@ def test_polymer_observables_on_known_cases():
     chain = np.cumsum(steps, axis=0) + np.array([[0.0, 0, 0], [0.5, 0, 0], [1.0, 0, 0]])
     assert chain_diffusion_nm2_per_ps(chain, np.ones(3), 1.0, 50) == pytest.approx(0.02, rel=0.1)
     assert contact_map(dumbbell, 3.0).tolist() == [[1.0, 0.5], [0.5, 1.0]]
+    # Two unit normals 1 sigma apart overlap by 2 Phi(-0.5) = 0.617; a sample with itself by 1.
+    a, b = rng.normal(size=200_000), rng.normal(loc=1.0, size=200_000)
+    assert distribution_overlap(a, b, bins=200) == pytest.approx(0.617, abs=0.01)
+    assert distribution_overlap(a, a) == 1.0 and distribution_overlap(a, a + 100.0) == 0.0

@@ -56,3 +56,13 @@ def contact_map(positions_nm: np.ndarray, cutoff_nm: float) -> np.ndarray:
     x = np.asarray(positions_nm, dtype=np.float64)
     d = np.linalg.norm(x[:, :, None] - x[:, None, :], axis=-1)
     return (d < cutoff_nm).mean(0)
+
+
+def distribution_overlap(a: np.ndarray, b: np.ndarray, bins: int = 30) -> float:
+    """Overlap (sum of bin-wise minima, 1 = identical, 0 = disjoint) of the histograms of two samples
+    on shared bins spanning both."""
+    a, b = np.ravel(a), np.ravel(b)
+    edges = np.linspace(min(a.min(), b.min()), max(a.max(), b.max()), bins + 1)
+    p = np.histogram(a, edges)[0] / len(a)
+    q = np.histogram(b, edges)[0] / len(b)
+    return float(np.minimum(p, q).sum())
