@@ -179,6 +179,9 @@ def stage_cg_runs(work: Path, models: dict, temperatures, args) -> dict:
             runs = {}
             for ensemble, pressure in (("nvt", None), ("npt", 1.0)):
                 out = work / "cg" / name / f"T{temperature:g}_{ensemble}"
+                lock = claim(out, wait=not args.models)
+                if lock is None:  # another process of the study is running it
+                    continue
                 config = SimulationConfig(n_steps=args.cg_steps, timestep_ps=args.cg_timestep_fs * 1e-3,
                                           temperature_K=temperature, report_interval=args.cg_report_interval,
                                           checkpoint_interval=args.cg_report_interval * 50, platform="CPU",
@@ -188,8 +191,26 @@ def stage_cg_runs(work: Path, models: dict, temperatures, args) -> dict:
                                                     box_vectors_nm=dataset.box_vectors_nm[start], progress=True)
                 except Exception as error:  # a model that blows up at a held-out temperature is a result
                     runs[ensemble] = {"error": str(error).splitlines()[0]}
+                finally:
+                    lock.close()
             results[(name, temperature)] = runs
     return results
+
+
+def claim(out: Path, wait: bool):
+    """An open, locked file that marks the run folder ``out`` as taken by this process (None when another
+    holds it and ``wait`` is false), so that several processes can share the runs. The operating system
+    releases the lock when its process ends, however it ends."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(out.parent / f".{out.name}.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 def energy_function(model_path: Path, temperature: float):
@@ -236,8 +257,9 @@ def main():
     parser.add_argument("--pressure-frames", type=int, default=200, help="CG frames per virial pressure")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--models", nargs="+", help="train and run only these models, and write no table: to share "
-                                                     "the work among processes; a last run without it writes the table")
+    parser.add_argument("--models", nargs="+", help="train and run only these models and write no table; CG runs "
+                                                     "that another process holds are left to it, so several processes "
+                                                     "can share the work; a last run without --models writes the table")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
 
