@@ -126,7 +126,7 @@ def learned_speed(work: Path, data, summary: dict, refinement: str, steps: int) 
     (every test chain x replicas), timed here, next to the MD timing, without file output."""
     import torch
 
-    from openmm_cg.classical.chain_force_matching import ChainForceTables, openmm_relaxer
+    from openmm_cg.classical.chain_force_matching import ChainForceTables, OpenMMRelaxer
     from openmm_cg.dynamics.chains import build_chain_batch
     from openmm_cg.dynamics.propagator import Propagator, RolloutChecks, score_refiner
     from openmm_cg.dynamics.rollout import history_from_frames
@@ -141,7 +141,7 @@ def learned_speed(work: Path, data, summary: dict, refinement: str, steps: int) 
         refine = score_refiner(load_score(work / "dynamics" / "score.pt")[0])
     elif refinement == "openmm":
         tables = ChainForceTables.from_dict(json.loads((work / "chain_tables.json").read_text()))
-        refine = openmm_relaxer(tables, np.concatenate([c.bead_masses_amu for c in test]), chains.bead_counts,
+        refine = OpenMMRelaxer(tables, np.concatenate([c.bead_masses_amu for c in test]), chains.bead_counts,
                                 metadata["temperature_K"])
     propagator = Propagator(model, chains, torch.as_tensor(history), 0, RolloutChecks(stop_on_failure=False), refine)
     propagator.run(3)  # warm-up

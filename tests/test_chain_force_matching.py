@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from openmm_cg.classical.chain_force_matching import (ChainForceTables, ChainPairPotential, OpenMMRelaxation,
-                                                      fit_chain_force_tables, openmm_relaxer)
+                                                      OpenMMRelaxer, fit_chain_force_tables)
 from openmm_cg.dynamics.data import ChainData
 
 
@@ -87,10 +87,41 @@ def test_relaxation_separates_overlapping_beads():
         positions_nm = frame.clone()
         step_ps = 5.0
 
-    refine = openmm_relaxer(tables, np.full(6, 400.0), [6], 300.0, OpenMMRelaxation(steps=20), platform="Reference")
+    refine = OpenMMRelaxer(tables, np.full(6, 400.0), [6], 300.0, OpenMMRelaxation(steps=20), platform="Reference")
     relaxed = refine(frame, Stub())
     assert float(torch.linalg.vector_norm(relaxed[4] - relaxed[1])) > 0.2  # from 0.05 nm; measured 0.25
     before = torch.linalg.vector_norm(frame[1:] - frame[:-1], dim=1)
     after = torch.linalg.vector_norm(relaxed[1:] - relaxed[:-1], dim=1)
     assert float(after[:3].min()) > 0.4 and float(after[:3].max()) < 0.8  # intact bonds stay intact
     assert float(after[3:].max()) < float(before[3:].max())  # the bonds stretched by the move are pulled back
+
+
+def test_propagator_with_openmm_relaxation_resumes_bit_identically(tmp_path):
+    from test_dynamics import SEQUENCES, SMALL, TYPES, initial_history, random_model
+
+    from openmm_cg.dynamics.chains import build_chain_batch
+    from openmm_cg.dynamics.propagator import Propagator
+
+    chains = build_chain_batch(SEQUENCES, TYPES, 4)
+    repulsion = np.linspace(50.0, 0.0, 20).tolist()  # kJ/mol/nm, pushing beads apart below 2 nm
+    tables = ChainForceTables([0.3] * 3, [2.0] * 3, [repulsion] * 3, 3, 300.0)
+    model = random_model()
+    history = initial_history(chains, SMALL.history)
+
+    def propagator():
+        relaxer = OpenMMRelaxer(tables, np.full(chains.n_beads, 400.0), chains.bead_counts, 300.0,
+                                OpenMMRelaxation(steps=5), seed=7, platform="Reference")
+        return Propagator(model, chains, history, 3, refine=relaxer)
+
+    first = propagator()
+    first.run(4)
+    first.save_checkpoint(tmp_path / "state.pt")
+    expected = [first.step().clone() for _ in range(3)]
+    resumed = propagator()
+    resumed.load_checkpoint(tmp_path / "state.pt")
+    for frame in expected:
+        assert torch.equal(resumed.step(), frame)
+    fresh = propagator()  # without the relaxer's saved random state the continuation differs
+    fresh.load_state({key: value for key, value in torch.load(tmp_path / "state.pt", weights_only=False).items()
+                      if key != "refine_state"})
+    assert not torch.equal(fresh.step(), expected[0])

@@ -164,30 +164,39 @@ class OpenMMRelaxation:
     friction_per_ps: float = 10.0
 
 
-def openmm_relaxer(tables: ChainForceTables, masses_amu: np.ndarray, bead_counts: Sequence[int],
-                   temperature_K: float, config: Optional[OpenMMRelaxation] = None, seed: int = 0,
-                   platform: str = "CPU", threads: int = 1):
-    """A ``refine(frame, propagator)`` that runs ``config.steps`` OpenMM Langevin steps (TorchForce of the
-    chain potential) from the learned frame, starting from the velocities of the learned step."""
-    from .._runtime import openmm, openmmtorch
-    from openmm import unit
+class OpenMMRelaxer:
+    """A ``refine(frame, propagator)`` that runs a few OpenMM Langevin steps (TorchForce of the chain
+    potential) from the learned frame, starting from the velocities of the learned step. ``state()`` is
+    an OpenMM checkpoint (random state included), so a propagator that saves it resumes bit-identically."""
 
-    config = config or OpenMMRelaxation()
-    system = openmm.System()
-    for mass in masses_amu:
-        system.addParticle(float(mass))
-    system.addForce(openmmtorch().TorchForce(torch.jit.script(ChainPairPotential(tables, bead_counts))))
-    integrator = openmm.LangevinMiddleIntegrator(temperature_K * unit.kelvin, config.friction_per_ps / unit.picosecond,
-                                                 config.timestep_ps * unit.picosecond)
-    integrator.setRandomNumberSeed(seed + 1)
-    properties = {"Threads": str(threads)} if platform == "CPU" else {}
-    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform), properties)
+    def __init__(self, tables: ChainForceTables, masses_amu: np.ndarray, bead_counts: Sequence[int],
+                 temperature_K: float, config: Optional[OpenMMRelaxation] = None, seed: int = 0,
+                 platform: str = "CPU", threads: int = 1):
+        from .._runtime import openmm, openmmtorch
+        from openmm import unit
 
-    def refine(frame: torch.Tensor, propagator) -> torch.Tensor:
-        context.setPositions(frame.detach().cpu().numpy())
-        context.setVelocities((frame - propagator.positions_nm).detach().cpu().numpy() / propagator.step_ps)
-        integrator.step(config.steps)
-        positions = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        return torch.as_tensor(np.asarray(positions), dtype=frame.dtype)
+        self.config = config or OpenMMRelaxation()
+        system = openmm.System()
+        for mass in masses_amu:
+            system.addParticle(float(mass))
+        system.addForce(openmmtorch().TorchForce(torch.jit.script(ChainPairPotential(tables, bead_counts))))
+        self.integrator = openmm.LangevinMiddleIntegrator(
+            temperature_K * unit.kelvin, self.config.friction_per_ps / unit.picosecond,
+            self.config.timestep_ps * unit.picosecond)
+        self.integrator.setRandomNumberSeed(seed + 1)
+        properties = {"Threads": str(threads)} if platform == "CPU" else {}
+        self.context = openmm.Context(system, self.integrator, openmm.Platform.getPlatformByName(platform), properties)
+        self._nanometer = unit.nanometer
 
-    return refine
+    def __call__(self, frame: torch.Tensor, propagator) -> torch.Tensor:
+        self.context.setPositions(frame.detach().cpu().numpy())
+        self.context.setVelocities((frame - propagator.positions_nm).detach().cpu().numpy() / propagator.step_ps)
+        self.integrator.step(self.config.steps)
+        positions = self.context.getState(getPositions=True).getPositions(asNumpy=True)
+        return torch.as_tensor(np.asarray(positions.value_in_unit(self._nanometer)), dtype=frame.dtype)
+
+    def state(self) -> bytes:
+        return self.context.createCheckpoint()
+
+    def load_state(self, state: bytes) -> None:
+        self.context.loadCheckpoint(state)

@@ -158,11 +158,13 @@ class Propagator:
             if checkpoint_path is not None and checkpoint_interval and self.step_count % checkpoint_interval == 0:
                 self.save_checkpoint(checkpoint_path)
 
-    # -- checkpoints: history, step count and every chain's random state ------------------------------
+    # -- checkpoints: history, step count, every chain's random state and the refiner's -------------
     def state(self) -> dict:
+        """A refiner with its own random state (OpenMM relaxation) adds it through ``refine.state()``."""
         return {"history_nm": self.history().clone(), "step_count": self.step_count,
                 "generator_states": [g.get_state() for g in self.generators],
-                "sequences": list(self.chains.sequences), "failures": dict(self.failures)}
+                "sequences": list(self.chains.sequences), "failures": dict(self.failures),
+                "refine_state": self.refine.state() if hasattr(self.refine, "state") else None}
 
     def load_state(self, state: dict) -> None:
         if list(state["sequences"]) != list(self.chains.sequences):
@@ -173,6 +175,8 @@ class Propagator:
         self.failures = dict(state.get("failures", {}))
         for generator, saved in zip(self.generators, state["generator_states"]):
             generator.set_state(saved)
+        if state.get("refine_state") is not None and hasattr(self.refine, "load_state"):
+            self.refine.load_state(state["refine_state"])
 
     def save_checkpoint(self, path) -> Path:
         path = Path(path)

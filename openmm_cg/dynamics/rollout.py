@@ -158,12 +158,12 @@ def rollout(dynamics_path, sequences: Sequence[str], history_nm: np.ndarray, con
         score, _ = load_score(score_path)
         refine = score_refiner(score, score_refinement)
     elif config.refinement == "openmm":
-        from ..classical.chain_force_matching import ChainForceTables, openmm_relaxer
+        from ..classical.chain_force_matching import ChainForceTables, OpenMMRelaxer
 
         if chain_tables_path is None or bead_masses_amu is None:
             raise InputError("OpenMM refinement needs the force-matched chain tables and the bead masses")
         tables = ChainForceTables.from_dict(json.loads(Path(chain_tables_path).read_text()))
-        refine = openmm_relaxer(tables, bead_masses_amu, chains.bead_counts, metadata["temperature_K"], relaxation,
+        refine = OpenMMRelaxer(tables, bead_masses_amu, chains.bead_counts, metadata["temperature_K"], relaxation,
                                 seed=config.seed)
     elif config.refinement != "none":
         raise InputError("refinement must be 'none', 'score' or 'openmm'")
