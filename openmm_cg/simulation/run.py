@@ -183,13 +183,13 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
                              "use another folder or --overwrite")
         simulation.loadCheckpoint(str(checkpoint_path))
         step, n_frames = int(state["step"]), int(state["frames"])
-        wall_seconds_before = float(state.get("wall_seconds", 0.0))
+        wall_seconds = float(state.get("wall_seconds", 0.0))
         _truncate_trajectory(traj_path, topology, config.trajectory_format, n_frames)
         _truncate_log(log_path, step)
     else:
         simulation.context.setPositions(positions_nm)
         simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin, config.seed + 1)
-        step, n_frames, wall_seconds_before = 0, 0, 0.0
+        step, n_frames, wall_seconds = 0, 0, 0.0
         app.PDBFile.writeFile(topology, positions_nm * 10.0 * unit.angstrom, open(out_dir / "topology.pdb", "w"))
         with open(log_path, "w", newline="") as handle:
             csv.writer(handle).writerow(LOG_FIELDS)
@@ -200,7 +200,8 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
 
     from tqdm.auto import tqdm
 
-    started, start_step = time.perf_counter(), step
+    # wall time over every session of the run, so a finished run that is resumed still reports its speed
+    started, start_step, wall_seconds_before = time.perf_counter(), step, wall_seconds
     try:
         with open(log_path, "a", newline="") as log, tqdm(total=config.n_steps, initial=min(step, config.n_steps),
                                                           desc="CG simulation", unit="step", disable=not progress) as bar:
@@ -230,16 +231,15 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
                     log.flush()
                     writer.close()
                     simulation.saveCheckpoint(str(checkpoint_path))
+                    wall_seconds = wall_seconds_before + time.perf_counter() - started
                     write_json(progress_path, {"step": step, "frames": n_frames, "config": asdict(config),
-                                               "wall_seconds": wall_seconds_before + time.perf_counter() - started,
+                                               "wall_seconds": wall_seconds,
                                                "model": str(potential.path), "model_sha256": model_sha256,
                                                "platform": platform_name, "n_replicas": n_replicas})
                     writer = _TrajectoryWriter(traj_path, topology, config.trajectory_format, config.timestep_ps,
                                                config.report_interval, append=True)
     finally:
         writer.close()
-    # over every session of the run, so a finished run that is resumed still reports its speed
-    wall_seconds = json.loads(progress_path.read_text()).get("wall_seconds", 0.0) if progress_path.exists() else 0.0
     return {
         "steps": step, "frames": n_frames, "n_replicas": n_replicas, "platform": platform_name,
         "trajectory": str(traj_path), "log": str(log_path),
