@@ -11,9 +11,14 @@ Stages (each resumable: finished outputs are kept and re-running continues):
    CGSchNet and HIP-NN-TS (configs/methanol_models.yaml), a temperature-aware CGSchNet (T as an OpenMM
    global parameter) trained on the two ends, and the classical baseline, a force-matched pair table
    fitted at the middle temperature only.
-5. CG runs of every model at every temperature, started from a mapped reference frame: NVT in the
-   reference box (RDF, diffusion) and NPT at 1 bar (density).
-6. table: RDF error (integral of |g_CG - g_AA| dr, nm), density error (%), diffusion ratio D_CG/D_AA,
+5. pressure matching: each model's volume potential (priors.volume), fitted at its training
+   temperatures from CG NVT runs at 0.95 and 1.05 times the all-atom volume, so that it has the
+   all-atom pressure and bulk modulus there; written as models/<name>_volume.pt.
+6. CG runs of every model at every temperature, started from a mapped reference frame: NVT in the
+   reference box (RDF, diffusion, virial pressure), NPT at 1 bar without the volume term (force
+   matching alone: these drift towards the vapour, and the drift is reported), and NPT at 1 bar with it
+   (density).
+7. table: RDF error (integral of |g_CG - g_AA| dr, nm), density error (%), diffusion ratio D_CG/D_AA,
    virial pressure of the CG NVT run in the all-atom box (the all-atom pressure there is 1 bar: the box
    is the NPT mean), for every model x evaluation temperature, marked training or held-out; the target (held-out RDF
    error at most twice the training one, and below the baseline's) per learned model.
@@ -88,20 +93,15 @@ def stage_datasets(work: Path, temperatures):
         build_cg_dataset(references, mapping, system=build_system(config)[0]).save(path)
 
 
-def observables(positions_nm, boxes_nm, frame_interval_ps, total_mass_amu, rdf_range_nm, rdf_bins, msd_lag_ps,
-                npt_volumes_nm3=None) -> dict:
-    """RDF, self-diffusion and density of one CG trajectory set (a list of continuous runs)."""
+def observables(positions_nm, boxes_nm, frame_interval_ps, rdf_range_nm, rdf_bins, msd_lag_ps) -> dict:
+    """RDF and self-diffusion of one CG trajectory set (a list of continuous runs)."""
     from openmm_cg.analysis.liquid import mean_squared_displacement, radial_distribution, self_diffusion_nm2_per_ps
-    from openmm_cg.units import density_g_per_mL
 
     rdf = radial_distribution(np.concatenate(positions_nm), np.concatenate(boxes_nm), rdf_range_nm, rdf_bins)
     lag = int(round(msd_lag_ps / frame_interval_ps))
     msds = [mean_squared_displacement(x, b, lag) for x, b in zip(positions_nm, boxes_nm)]
-    result = {"rdf_r_nm": rdf.r_nm.tolist(), "rdf_g": rdf.g.tolist(),
-              "diffusion_nm2_per_ps": self_diffusion_nm2_per_ps(np.mean(msds, axis=0), frame_interval_ps)}
-    if npt_volumes_nm3 is not None:
-        result["density_g_per_mL"] = float(np.mean(density_g_per_mL(total_mass_amu, np.asarray(npt_volumes_nm3))))
-    return result
+    return {"rdf_r_nm": rdf.r_nm.tolist(), "rdf_g": rdf.g.tolist(),
+            "diffusion_nm2_per_ps": self_diffusion_nm2_per_ps(np.mean(msds, axis=0), frame_interval_ps)}
 
 
 def stage_reference_observables(work: Path, temperatures, args) -> dict:
@@ -117,8 +117,7 @@ def stage_reference_observables(work: Path, temperatures, args) -> dict:
         runs = [np.flatnonzero(dataset.trajectory_index == k) for k in np.unique(dataset.trajectory_index)]
         interval = next(iter(dataset.source_metadata.values()))["save_interval_ps"]
         result = observables([dataset.positions_nm[r] for r in runs], [dataset.box_vectors_nm[r] for r in runs],
-                             interval, float(dataset.mapping.masses_amu.sum()), args.rdf_range_nm, args.rdf_bins,
-                             args.msd_lag_ps)
+                             interval, args.rdf_range_nm, args.rdf_bins, args.msd_lag_ps)
         densities = [m["npt"]["production_density_g_per_mL"] for m in dataset.source_metadata.values()]
         result["density_g_per_mL"] = float(np.mean(densities))
         done[key] = result
@@ -165,30 +164,61 @@ def stage_models(work: Path, specs, args) -> dict:
     return models
 
 
-def stage_cg_runs(work: Path, models: dict, temperatures, args) -> dict:
+def stage_volume_terms(work: Path, specs, args) -> dict:
+    """{name: model with its volume potential} for the models in ``args.volume_models`` (default: all)."""
+    from openmm_cg.data.datasets import CGDataset
+    from openmm_cg.training.pressure_matching import PressureMatchingConfig, pressure_match
+
+    config = PressureMatchingConfig(steps=args.pressure_steps, timestep_fs=args.cg_timestep_fs,
+                                    skip_ps=args.pressure_skip_ps, threads=args.threads, seed=args.seed)
+    matched = {}
+    for spec in specs:
+        if args.volume_models is not None and spec.name not in args.volume_models:
+            continue
+        out = work / "models" / f"{spec.name}_volume.pt"
+        matched[spec.name] = out
+        if out.exists():
+            continue
+        lock = claim(work / "pressure" / spec.name, wait=not args.models)
+        if lock is None:
+            continue
+        try:
+            if not out.exists():
+                pressure_match(work / "models" / f"{spec.name}.pt",
+                               [CGDataset.load(dataset_path(work, t)) for t in spec.train_temperatures_K], out,
+                               work / "pressure" / spec.name, config)
+        finally:
+            lock.close()
+    return matched
+
+
+def stage_cg_runs(work: Path, models: dict, volume_models: dict, temperatures, args) -> dict:
     from openmm_cg.data.datasets import CGDataset
     from openmm_cg.simulation.potential import CGPotential
     from openmm_cg.simulation.run import SimulationConfig, run_simulation
 
     results = {}
     for name, model_path in models.items():
-        potential = CGPotential.load(model_path)
         for temperature in temperatures:
             dataset = CGDataset.load(dataset_path(work, temperature))
             start = np.flatnonzero(dataset.trajectory_index == 0)[-1]
             runs = {}
-            for ensemble, pressure in (("nvt", None), ("npt", 1.0)):
+            ensembles = [("nvt", None, model_path, args.cg_steps), ("npt", 1.0, model_path, args.cg_steps)]
+            if name in volume_models:
+                ensembles.append(("npt_volume", 1.0, volume_models[name], args.npt_volume_steps))
+            for ensemble, pressure, path, steps in ensembles:
                 out = work / "cg" / name / f"T{temperature:g}_{ensemble}"
                 lock = claim(out, wait=not args.models)
                 if lock is None:  # another process of the study is running it
                     continue
-                config = SimulationConfig(n_steps=args.cg_steps, timestep_ps=args.cg_timestep_fs * 1e-3,
+                config = SimulationConfig(n_steps=steps, timestep_ps=args.cg_timestep_fs * 1e-3,
                                           temperature_K=temperature, report_interval=args.cg_report_interval,
                                           checkpoint_interval=args.cg_report_interval * 50, platform="CPU",
                                           threads=args.threads, seed=args.seed, pressure_bar=pressure)
                 try:
-                    runs[ensemble] = run_simulation(potential, dataset.positions_nm[start], config, out,
+                    runs[ensemble] = run_simulation(CGPotential.load(path), dataset.positions_nm[start], config, out,
                                                     box_vectors_nm=dataset.box_vectors_nm[start], progress=True)
+                    runs[ensemble]["out"] = str(out)
                 except Exception as error:  # a model that blows up at a held-out temperature is a result
                     runs[ensemble] = {"error": str(error).splitlines()[0]}
                 finally:
@@ -213,27 +243,6 @@ def claim(out: Path, wait: bool):
     return handle
 
 
-def energy_function(model_path: Path, temperature: float):
-    """(positions (1, N, 3), boxes (1, 3, 3)) -> energies (1,) of an exported model at ``temperature``."""
-    import torch
-
-    from openmm_cg.export import load_exported
-
-    module, metadata = load_exported(model_path)
-    if metadata.get("temperature_input"):
-        return lambda x, b: module.energy_batch(x, b, torch.tensor([temperature], dtype=torch.float64))
-    return module.energy_batch
-
-
-def load_cg_trajectory(run: dict, skip_ps: float, frame_interval_ps: float):
-    import mdtraj
-
-    out = Path(run["trajectory"]).parent
-    trajectory = mdtraj.load(run["trajectory"], top=str(out / "topology.pdb"))
-    skip = int(round(skip_ps / frame_interval_ps))
-    return trajectory.xyz[skip:].astype(np.float64), trajectory.unitcell_vectors[skip:].astype(np.float64)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/methanol")
@@ -255,6 +264,10 @@ def main():
     parser.add_argument("--cg-report-interval", type=int, default=25)
     parser.add_argument("--cg-skip-ps", type=float, default=10.0, help="equilibration dropped from CG runs")
     parser.add_argument("--pressure-frames", type=int, default=200, help="CG frames per virial pressure")
+    parser.add_argument("--volume-models", nargs="*", help="pressure-match only these models (default: all)")
+    parser.add_argument("--pressure-steps", type=int, default=25000, help="per volume and training temperature")
+    parser.add_argument("--pressure-skip-ps", type=float, default=10.0)
+    parser.add_argument("--npt-volume-steps", type=int, default=12500, help="NPT runs with the volume term")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", help="train and run only these models and write no table; CG runs "
@@ -265,7 +278,10 @@ def main():
 
     from openmm_cg.analysis.liquid import RDF, rdf_error, virial_pressure_bar
     from openmm_cg.data.datasets import CGDataset
+    from openmm_cg.export import batch_energy_function
     from openmm_cg.machine import machine_info
+    from openmm_cg.simulation.run import load_run_frames
+    from openmm_cg.units import density_g_per_mL
 
     work = Path(args.work)
     temperatures = sorted(args.temperatures)
@@ -285,7 +301,8 @@ def main():
     models = stage_models(work, specs, args)
     if args.stage == "models":
         return
-    runs = stage_cg_runs(work, models, temperatures, args)
+    volume_models = stage_volume_terms(work, specs, args)
+    runs = stage_cg_runs(work, models, volume_models, temperatures, args)
     if args.models:
         return
 
@@ -303,25 +320,42 @@ def main():
                 row["failed"] = run["nvt"].get("error") or run["npt"].get("error")
                 rows.append(row)
                 continue
-            x, boxes = load_cg_trajectory(run["nvt"], args.cg_skip_ps, interval_ps)
-            _, npt_boxes = load_cg_trajectory(run["npt"], args.cg_skip_ps, interval_ps)
-            cg = observables([x], [boxes], interval_ps, mass, args.rdf_range_nm, args.rdf_bins, args.msd_lag_ps,
-                             npt_volumes_nm3=np.linalg.det(npt_boxes))
+            x, boxes = load_run_frames(run["nvt"]["out"], args.cg_skip_ps)
+            _, npt_boxes = load_run_frames(run["npt"]["out"], args.cg_skip_ps)
+            cg = observables([x], [boxes], interval_ps, args.rdf_range_nm, args.rdf_bins, args.msd_lag_ps)
             frames = np.linspace(0, len(x) - 1, min(len(x), args.pressure_frames)).astype(int)
-            pressure = virial_pressure_bar(energy_function(models[spec.name], temperature), x[frames], boxes[frames],
-                                           temperature)
             curves[(spec.name, temperature)] = cg
+            aa_volume = float(np.linalg.det(boxes[0]))
+            npt_volumes = np.linalg.det(npt_boxes)
             row.update({
                 "rdf_error_nm": rdf_error(RDF(np.array(aa["rdf_r_nm"]), np.array(aa["rdf_g"]), 0),
                                           RDF(np.array(cg["rdf_r_nm"]), np.array(cg["rdf_g"]), 0)),
-                "density_g_per_mL": cg["density_g_per_mL"], "density_aa_g_per_mL": aa["density_g_per_mL"],
-                "density_error_percent": 100 * (cg["density_g_per_mL"] / aa["density_g_per_mL"] - 1),
+                "density_aa_g_per_mL": aa["density_g_per_mL"],
                 "diffusion_nm2_per_ps": cg["diffusion_nm2_per_ps"], "diffusion_aa_nm2_per_ps": aa["diffusion_nm2_per_ps"],
                 "diffusion_ratio_cg_over_aa": cg["diffusion_nm2_per_ps"] / aa["diffusion_nm2_per_ps"],
-                "pressure_bar": float(pressure.mean()),
-                "pressure_standard_error_bar": float(pressure.std(ddof=1) / np.sqrt(len(pressure))),
                 "cg_steps_per_second": run["nvt"]["steps_per_second"],
+                # Force matching alone: NPT at 1 bar does not equilibrate, the box keeps growing.
+                "without_volume_term": {
+                    "npt_density_mean_g_per_mL": float(np.mean(density_g_per_mL(mass, npt_volumes))),
+                    "npt_final_volume_over_aa": float(np.mean(npt_volumes[-len(npt_volumes) // 10:]) / aa_volume),
+                    "npt_ps": run["npt"]["simulated_ns_per_replica"] * 1e3},
             })
+            for key, path in (("without_volume_term", models[spec.name]), ("with_volume_term", volume_models.get(spec.name))):
+                if path is None:
+                    continue
+                pressure = virial_pressure_bar(batch_energy_function(path, temperature), x[frames], boxes[frames],
+                                               temperature)
+                row.setdefault(key, {}).update({
+                    "nvt_pressure_bar": float(pressure.mean()),
+                    "nvt_pressure_standard_error_bar": float(pressure.std(ddof=1) / np.sqrt(len(pressure)))})
+            if "npt_volume" in run and "error" not in run["npt_volume"]:
+                _, volume_boxes = load_run_frames(run["npt_volume"]["out"], args.cg_skip_ps)
+                density = float(np.mean(density_g_per_mL(mass, np.linalg.det(volume_boxes))))
+                row["with_volume_term"].update({"npt_density_g_per_mL": density,
+                                                "density_error_percent": 100 * (density / aa["density_g_per_mL"] - 1),
+                                                "npt_ps": run["npt_volume"]["simulated_ns_per_replica"] * 1e3})
+            elif "npt_volume" in run:
+                row["with_volume_term"]["failed"] = run["npt_volume"]["error"]
             rows.append(row)
 
     summary = {}
@@ -337,6 +371,13 @@ def main():
                      "validation_force_rmse_kJ_per_mol_nm") if training_summary.exists() else None,
                  "rdf_error_training_mean_nm": float(np.mean(trained)) if trained else None,
                  "rdf_error_held_out_mean_nm": float(np.mean(held)) if held else None, "failed_at_K": failed}
+        for label, held_out in (("training", False), ("held_out", True)):
+            errors = [r["with_volume_term"]["density_error_percent"] for r in mine if r["held_out"] == held_out
+                      and "density_error_percent" in r.get("with_volume_term", {})]
+            entry[f"density_error_{label}_mean_abs_percent"] = float(np.mean(np.abs(errors))) if errors else None
+        matching = work / "pressure" / spec.name / "pressure_matching.json"
+        if matching.exists():
+            entry["volume_term"] = json.loads(matching.read_text())["volume_term"]
         if spec.kind != "fm_pair" and trained and held and baseline_held_out is not None:
             entry["target_held_out_at_most_twice_training"] = bool(np.mean(held) <= 2 * np.mean(trained))
             entry["target_held_out_below_baseline"] = bool(np.mean(held) < baseline_held_out)
@@ -352,6 +393,12 @@ def main():
         "rdf_error_definition": "integral over 0..rdf_range of |g_CG(r) - g_AA(r)| dr, in nm",
         "pressure_definition": "virial pressure (bar) of the CG NVT run in the all-atom NVT box, whose all-atom "
                                "pressure is 1 bar (the box is the NPT mean at 1 bar)",
+        "volume_term": "U_V = N [a (v - v0) + b/(2 v0) (v - v0)^2] (priors.volume), fitted at the training "
+                       "temperatures so that the CG pressure and bulk modulus at the all-atom volume are the all-atom "
+                       "ones; 'with_volume_term' rows are NPT runs of the model with it, 'without_volume_term' of "
+                       "force matching alone (not equilibrated: the box grows towards the vapour)",
+        "pressure_matching": {"steps_per_volume": args.pressure_steps, "skip_ps": args.pressure_skip_ps,
+                              "npt_volume_steps": args.npt_volume_steps},
         "rows": rows, "summary": summary}
     (out / "methanol_transferability.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_rdfs(reference, curves, specs, temperatures, out / "methanol_rdf.png")

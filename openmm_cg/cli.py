@@ -70,6 +70,17 @@ def _export(args):
     print(json.dumps({"model": str(path)}, indent=2))
 
 
+def _pressure_match(args):
+    from .data.datasets import CGDataset
+    from .training.pressure_matching import PressureMatchingConfig, pressure_match
+
+    config = PressureMatchingConfig(steps=args.steps, timestep_fs=args.timestep_fs, skip_ps=args.skip_ps,
+                                    volume_change=args.volume_change, threads=args.threads, seed=args.seed)
+    report = pressure_match(args.model, [CGDataset.load(path) for path in args.dataset], args.out, args.work, config,
+                            overwrite=args.overwrite)
+    print(json.dumps({"model": report["out"], "volume_term": report["volume_term"]}, indent=2))
+
+
 def _simulate(args):
     from .simulation.potential import CGPotential
     from .simulation.run import SimulationConfig, run_simulation
@@ -208,6 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("pressure-match", help="fit a periodic model's volume potential so that it has the all-atom "
+                                              "pressure and bulk modulus (resumable CG NVT runs)")
+    p.add_argument("model", help="an exported periodic model without a volume term")
+    p.add_argument("--dataset", required=True, nargs="+", help="CG dataset(s) of NPT-equilibrated references, one "
+                                                               "per training temperature")
+    p.add_argument("--work", required=True, help="folder for the CG runs (re-run to continue)")
+    p.add_argument("--steps", type=int, default=25000, help="per volume")
+    p.add_argument("--timestep-fs", type=float, default=4.0)
+    p.add_argument("--skip-ps", type=float, default=10.0, help="equilibration dropped at each volume")
+    p.add_argument("--volume-change", type=float, default=0.05, help="runs at (1 -/+ this) x the all-atom volume")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_pressure_match)
 
     p = sub.add_parser("simulate", help="Langevin dynamics of an exported model in OpenMM")
     p.add_argument("model", help="a .pt file or a shipped model name")

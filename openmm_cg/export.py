@@ -14,7 +14,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import __version__
-from .errors import ModelFileError
+from .errors import InputError, ModelFileError
 from .nn.periodic import PeriodicCGPotentialModule
 from .nn.tabulated import PeriodicTabulatedPair
 from .nn.potential import CGPotentialModule
@@ -22,6 +22,7 @@ from .nn.networks import NetworkConfig, architecture_of, n_types_of, network_con
 from .outputs import check_output_file, write_json
 from .priors.pair import PAIR_FORM, PairPriorParameters
 from .priors.terms import PRIOR_FORMS, PriorParameters
+from .priors.volume import VolumeTermParameters
 
 METADATA_FILE = "openmm_cg_metadata.json"
 FORMAT_VERSION = 1
@@ -83,16 +84,17 @@ def build_module(metadata: dict) -> Union[CGPotentialModule, PeriodicCGPotential
     """An untrained module with the architecture that ``metadata`` describes (load weights into it)."""
     config = (network_config_from_dict(metadata["architecture"], metadata["network_config"])
               if metadata.get("network_config") else None)
+    volume = VolumeTermParameters.from_dict(metadata["volume_term"]) if metadata.get("volume_term") else None
     if metadata.get("architecture") == "tabulated-pair":
         table = metadata["tabulated_pair"]
-        return PeriodicTabulatedPair(table["r_first_nm"], table["cutoff_nm"], table["force_kJ_per_mol_nm"])
+        return PeriodicTabulatedPair(table["r_first_nm"], table["cutoff_nm"], table["force_kJ_per_mol_nm"], volume)
     if metadata.get("periodic"):
         pair = PairPriorParameters.from_dict(metadata["priors"]) if metadata.get("priors") else None
         temperature_input = metadata.get("temperature_input")
         return PeriodicCGPotentialModule(metadata["bead_types"], pair, config, n_types=metadata["n_types"],
                                          energy_scale_kJ_per_mol=metadata["energy_scale_kJ_per_mol"],
                                          temperature_reference_K=temperature_input["reference_K"]
-                                         if temperature_input else None)
+                                         if temperature_input else None, volume_term=volume)
     return CGPotentialModule(metadata["bead_types"], PriorParameters.from_dict(metadata["priors"]), config,
                              n_types=metadata["n_types"], energy_scale_kJ_per_mol=metadata["energy_scale_kJ_per_mol"])
 
@@ -166,3 +168,32 @@ def load_eager(path) -> Tuple[CGPotentialModule, dict]:
     module = build_module(metadata).to(_DTYPES[metadata.get("dtype", "float32")])
     module.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
     return module.eval(), metadata
+
+
+def batch_energy_function(path, temperature_K: float):
+    """(positions (B, N, 3), boxes (B, 3, 3)) -> energies (B,) kJ/mol of the exported periodic model at
+    ``path``, at ``temperature_K`` where the model takes the temperature. The module is rebuilt with this
+    openmm-cg's code from the weights beside the file where they are present (the scripted file otherwise),
+    so analyses of older files get later fixes (box derivatives of the neighbor search were wrong before
+    0.1.0's pressure matching: forces were right, virials were not)."""
+    try:
+        module, metadata = load_eager(path)
+    except ModelFileError:
+        module, metadata = load_exported(path)
+    if metadata.get("temperature_input"):
+        return lambda x, b: module.energy_batch(x, b, torch.full((x.shape[0],), float(temperature_K),
+                                                                  dtype=torch.float64))
+    return module.energy_batch
+
+
+def add_volume_term(path, params: VolumeTermParameters, out, overwrite: bool = False) -> Path:
+    """A copy of the periodic model at ``path`` with the volume potential ``params``."""
+    module, metadata = load_eager(path)
+    if not metadata.get("periodic"):
+        raise InputError(f"{path} is not a periodic model: a volume term needs a box")
+    if params.temperature_dependent and not metadata.get("temperature_input"):
+        raise InputError(f"{path} does not take the temperature: its volume term cannot depend on it")
+    metadata = dict(metadata, volume_term=params.to_dict())
+    rebuilt = build_module(metadata).to(_DTYPES[metadata.get("dtype", "float32")])
+    rebuilt.load_state_dict(module.state_dict())
+    return save_scripted(rebuilt, metadata, out, metadata.get("dtype", "float32"), overwrite)

@@ -36,6 +36,7 @@ def test_simulate_then_analyze(ala2_exported, ala2_dataset, tmp_path, capsys):
     (["info", "missing.pt"], "does not exist"),
     (["map", "--reference", "no_such_folder", "--out", "x.h5"], "holds no reference files"),
     (["train", "no_such_config.yaml"], "does not exist"),
+    (["pressure-match", "missing.pt", "--dataset", "x.h5", "--work", "w", "--out", "o.pt"], "cannot read x.h5"),
 ])
 def test_errors_are_reported_not_raised(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -197,3 +197,20 @@ def test_run_simulation_npt_writes_boxes_and_volumes(tmp_path):
     assert len(volumes) == 10 and len(set(volumes)) > 1  # the barostat moves the box
     trajectory = mdtraj.load_dcd(result["trajectory"], top=str(tmp_path / "npt" / "topology.pdb"))
     np.testing.assert_allclose(trajectory.unitcell_volumes, volumes, rtol=1e-4)
+
+
+def test_virial_equals_the_energy_derivative_under_box_scaling():
+    """Pairs across the box boundary carry integer multiples of the box vectors; their vectors must scale
+    with the box, or the virial pressure (and any box derivative) misses them."""
+    from openmm_cg.analysis.liquid import virial_pressure_bar
+    from openmm_cg.units import kT_kJ_per_mol, pressure_bar
+
+    for box in (TRICLINIC, 1.3 * TRICLINIC):  # two cells across: all pairs; then three: the cell list
+        module, x, b = liquid(n=60, box=box)
+        pressure = virial_pressure_bar(module.energy_batch, x.numpy()[None], b.numpy()[None], 300.0)
+        h = 1e-5
+        volume = abs(float(np.linalg.det(box)))
+        energies = [float(module(x * s, b * s)) for s in (1 + h, 1 - h)]
+        du_dv = (energies[0] - energies[1]) / (volume * ((1 + h) ** 3 - (1 - h) ** 3))
+        expected = pressure_bar(len(x) * kT_kJ_per_mol(300.0) / volume - du_dv)
+        assert float(pressure[0]) == pytest.approx(float(expected), rel=1e-5)

@@ -31,22 +31,23 @@ def check_box(box: torch.Tensor, cutoff_nm: float) -> None:
                          "as State.getPeriodicBoxVectors() returns them")
     if not bool(torch.all(torch.diagonal(box) > 0.0)):
         raise ValueError("openmm-cg: box vectors must have positive diagonal elements (ax, by, cz > 0)")
-    shortest = float(box_heights(box).min())
+    shortest = float(box_heights(box.detach()).min())
     if cutoff_nm > 0.5 * shortest:
         raise ValueError("openmm-cg: cutoff " + str(cutoff_nm) + " nm is larger than half the shortest box height "
                          + str(shortest) + " nm; minimum image would miss or double-count neighbors")
 
 
-def minimum_image(delta: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """Wrap displacement vectors (P, 3) to their minimum image (reduced-form box)."""
+def minimum_image_counts(delta: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """Integer-valued counts (P, 3) of box vectors such that ``delta - counts @ box`` is the minimum image of
+    each displacement (P, 3) in a reduced-form box. No gradient: counts are constants."""
     with torch.no_grad():
-        shift = torch.zeros_like(delta)
+        counts = torch.zeros_like(delta)
         wrapped = delta.detach().clone()
         for axis in (2, 1, 0):
-            n = torch.round(wrapped[:, axis] / box[axis, axis]).unsqueeze(1)
-            shift = shift + n * box[axis]
-            wrapped = wrapped - n * box[axis]
-    return delta - shift
+            n = torch.round(wrapped[:, axis] / box[axis, axis])
+            counts[:, axis] = n
+            wrapped = wrapped - n.unsqueeze(1) * box[axis]
+    return counts
 
 
 def _half_shell(device: torch.device) -> torch.Tensor:
@@ -58,7 +59,8 @@ def _half_shell(device: torch.device) -> torch.Tensor:
 
 def _cell_list_pairs(x: torch.Tensor, box: torch.Tensor, fractional: torch.Tensor, cell_image: torch.Tensor,
                      n_cells: torch.Tensor, cutoff_nm: float, chunk: int = 4096) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pairs (P, 2) closer than the cutoff and their shifts (P, 3) such that r_j - r_i + shift is the minimum image.
+    """Pairs (P, 2) closer than the cutoff and their image counts (P, 3) such that r_j - r_i + counts @ box is
+    the minimum image.
 
     ``fractional`` is wrapped into [0, 1) and ``cell_image`` is what was subtracted. Each pair of cells
     is visited once (half shell; the own cell only for j after i), so with at least 3 cells per
@@ -79,7 +81,7 @@ def _cell_list_pairs(x: torch.Tensor, box: torch.Tensor, fractional: torch.Tenso
     starts = torch.cumsum(counts, 0) - counts
     shell = _half_shell(device)
     pair_chunks: List[torch.Tensor] = []
-    shift_chunks: List[torch.Tensor] = []
+    count_chunks: List[torch.Tensor] = []
     for first in range(0, n, chunk):
         own = torch.arange(first, min(n, first + chunk), device=device)
         target = cell3[own].unsqueeze(1) + shell.unsqueeze(0)  # (chunk, 14, 3)
@@ -95,17 +97,17 @@ def _cell_list_pairs(x: torch.Tensor, box: torch.Tensor, fractional: torch.Tenso
         j = torch.repeat_interleave(begin.reshape(-1), size) + torch.arange(i.shape[0], device=device) - slot_begin
         # integer multiples of the box vectors, exact, then one product with the box
         images = torch.repeat_interleave(image.reshape(-1, 3), size, dim=0) - images_s[j] + images_s[i]
-        shift = images.to(x.dtype) @ box
-        close = torch.linalg.vector_norm(xs[j] - xs[i] + shift, dim=1) < cutoff_nm
+        close = torch.linalg.vector_norm(xs[j] - xs[i] + images.to(x.dtype) @ box, dim=1) < cutoff_nm
         pair_chunks.append(torch.stack([order[i[close]], order[j[close]]], 1))
-        shift_chunks.append(shift[close])
-    return torch.cat(pair_chunks), torch.cat(shift_chunks)
+        count_chunks.append(images[close].to(x.dtype))
+    return torch.cat(pair_chunks), torch.cat(count_chunks)
 
 
 def neighbor_pairs(positions: torch.Tensor, box: torch.Tensor, cutoff_nm: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pairs (P, 2) with i < j closer than ``cutoff_nm`` under minimum image, and their vectors r_j - r_i (P, 3).
 
-    Indices carry no gradient; the vectors are differentiable with respect to ``positions``.
+    Indices carry no gradient; the vectors are differentiable with respect to ``positions`` and ``box``
+    (r_j - r_i + n @ box with integer n), so derivatives under box scaling (the virial) are right.
     """
     check_box(box, cutoff_nm)
     box = box.to(positions.dtype)
@@ -118,13 +120,13 @@ def neighbor_pairs(positions: torch.Tensor, box: torch.Tensor, cutoff_nm: float)
         if bool((n_cells < 3).any()):
             pairs = torch.triu_indices(x.shape[0], x.shape[0], offset=1, device=x.device).T
             raw = x[pairs[:, 1]] - x[pairs[:, 0]]
-            delta = minimum_image(raw, box)
-            close = torch.linalg.vector_norm(delta, dim=1) < cutoff_nm
-            pairs, shift = pairs[close], (delta - raw)[close]
+            counts = -minimum_image_counts(raw, box)
+            close = torch.linalg.vector_norm(raw + counts @ box, dim=1) < cutoff_nm
+            pairs, counts = pairs[close], counts[close]
         else:
-            pairs, shift = _cell_list_pairs(x, box, fractional, cell_image, n_cells, cutoff_nm)
+            pairs, counts = _cell_list_pairs(x, box, fractional, cell_image, n_cells, cutoff_nm)
         flip = pairs[:, 0] > pairs[:, 1]
         pairs = torch.where(flip.unsqueeze(1), pairs.flip(1), pairs)
-        shift = torch.where(flip.unsqueeze(1), -shift, shift)
-    vectors = positions[pairs[:, 1]] - positions[pairs[:, 0]] + shift
+        counts = torch.where(flip.unsqueeze(1), -counts, counts)
+    vectors = positions[pairs[:, 1]] - positions[pairs[:, 0]] + counts @ box
     return pairs.contiguous(), vectors

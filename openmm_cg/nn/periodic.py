@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..priors.pair import PairPriorParameters, PairRepulsion
+from ..priors.volume import VolumeTerm, VolumeTermParameters
 from .neighbors import neighbor_pairs
 from .networks import NetworkConfig, build_network
 from .schnet import SchNetConfig
@@ -32,7 +33,8 @@ class PeriodicCGPotentialModule(nn.Module):
 
     def __init__(self, bead_types, pair_prior: Optional[PairPriorParameters], network_config: Optional[NetworkConfig],
                  n_types: Optional[int] = None, energy_scale_kJ_per_mol: float = 1.0,
-                 temperature_reference_K: Optional[float] = None):
+                 temperature_reference_K: Optional[float] = None,
+                 volume_term: Optional[VolumeTermParameters] = None):
         super().__init__()
         bead_types = torch.as_tensor(bead_types, dtype=torch.long)
         self.n_beads = int(bead_types.numel())
@@ -54,6 +56,9 @@ class PeriodicCGPotentialModule(nn.Module):
         cutoffs = ([pair_prior.cutoff_nm] if pair_prior is not None else []) + \
                   ([network_config.cutoff_nm] if network_config is not None else [])
         self.cutoff_nm = float(max(cutoffs))
+        if volume_term is not None and volume_term.temperature_dependent and not self.temperature_aware:
+            raise ValueError("a temperature-dependent volume term needs a temperature-aware potential")
+        self.volume = VolumeTerm(volume_term)
 
     def _graph(self, positions: torch.Tensor, boxes: torch.Tensor):
         """Neighbor pairs of all frames as one graph of B*N beads (pairs offset by frame)."""
@@ -75,7 +80,8 @@ class PeriodicCGPotentialModule(nn.Module):
 
     @torch.jit.export
     def energy_parts(self, positions: torch.Tensor, boxes: torch.Tensor, temperatures: Optional[torch.Tensor] = None):
-        """(prior (B,), network (B,)) energies in kJ/mol; ``temperatures`` (B,) K for temperature-aware models."""
+        """(prior (B,), network (B,)) energies in kJ/mol; ``temperatures`` (B,) K for temperature-aware models.
+        The prior includes the volume term, if any."""
         x = positions.to(self.dtype_probe.dtype)
         b = boxes.to(self.dtype_probe.dtype)
         self._check(x, b)
@@ -96,6 +102,7 @@ class PeriodicCGPotentialModule(nn.Module):
                                      "TorchForce global parameter cg_temperature_K")
                 reduced = temperatures.to(x.dtype).reshape(-1) / self.temperature_reference_K - 1.0
                 network = network + reduced * channels[:, 1]
+        prior = prior + self.volume(b, n_total // self.n_beads, temperatures)
         return prior, network
 
     @torch.jit.export

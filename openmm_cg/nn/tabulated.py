@@ -11,6 +11,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
+from ..priors.volume import VolumeTerm, VolumeTermParameters
 from .neighbors import neighbor_pairs
 
 
@@ -32,8 +33,11 @@ class PeriodicTabulatedPair(nn.Module):
     """E(positions (N, 3) nm, box (3, 3) nm) in kJ/mol of the pair force table ``force_kJ_per_mol_nm`` on
     uniform knots from ``r_first_nm`` to ``cutoff_nm`` (the last knot's force must be 0)."""
 
-    def __init__(self, r_first_nm: float, cutoff_nm: float, force_kJ_per_mol_nm: List[float]):
+    def __init__(self, r_first_nm: float, cutoff_nm: float, force_kJ_per_mol_nm: List[float],
+                 volume_term: Optional[VolumeTermParameters] = None):
         super().__init__()
+        if volume_term is not None and volume_term.temperature_dependent:
+            raise ValueError("a pair table does not take the temperature: its volume term cannot depend on it")
         forces = torch.as_tensor(force_kJ_per_mol_nm, dtype=torch.float64)
         if forces.dim() != 1 or forces.numel() < 3:
             raise ValueError("a pair table needs at least 3 knots")
@@ -48,6 +52,7 @@ class PeriodicTabulatedPair(nn.Module):
         self.register_buffer("forces", forces)
         self.register_buffer("energies", knot_energies(forces, torch.tensor(self.spacing_nm, dtype=torch.float64)))
         self.register_buffer("first_slope", torch.clamp((forces[1] - forces[0]) / self.spacing_nm, max=0.0).reshape(1))
+        self.volume = VolumeTerm(volume_term)
 
     def pair_energy(self, r: torch.Tensor) -> torch.Tensor:
         h = self.spacing_nm
@@ -70,7 +75,7 @@ class PeriodicTabulatedPair(nn.Module):
         for frame in range(x.shape[0]):
             _, vectors = neighbor_pairs(x[frame], b[frame], self.cutoff_nm)
             out.append(self.pair_energy(torch.linalg.vector_norm(vectors, dim=1)).sum())
-        return torch.stack(out).to(positions.dtype)
+        return (torch.stack(out) + self.volume(b, x.shape[1])).to(positions.dtype)
 
     @torch.jit.export
     def energy_parts(self, positions: torch.Tensor, boxes: torch.Tensor):

@@ -118,6 +118,24 @@ def _truncate_trajectory(path: Path, topology: app.Topology, fmt: str, n_frames:
         trajectory[:n_frames].save_dcd(str(path))
 
 
+def load_run_frames(out_dir, skip_ps: float = 0.0):
+    """(positions (F, N, 3) nm, boxes (F, 3, 3) nm or None) of a ``run_simulation`` folder, float64,
+    without the first ``skip_ps``."""
+    import mdtraj
+
+    out_dir = Path(out_dir)
+    progress = json.loads((out_dir / "progress.json").read_text())
+    config = progress["config"]
+    trajectory_path = out_dir / f"trajectory.{config['trajectory_format']}"
+    trajectory = mdtraj.load(str(trajectory_path), top=str(out_dir / "topology.pdb"))
+    skip = int(round(skip_ps / (config["report_interval"] * config["timestep_ps"])))
+    if skip >= trajectory.n_frames:
+        raise InputError(f"{out_dir} has {trajectory.n_frames} frames; skipping {skip_ps} ps leaves none")
+    boxes = trajectory.unitcell_vectors
+    return (trajectory.xyz[skip:].astype(np.float64),
+            None if boxes is None else boxes[skip:].astype(np.float64))
+
+
 def kinetic_temperature_K(kinetic_energy_kJ_per_mol: float, n_dof: int) -> float:
     return 2.0 * kinetic_energy_kJ_per_mol / (n_dof * MOLAR_GAS_CONSTANT_KJ_PER_MOL_K)
 
