@@ -12,7 +12,7 @@ Stages (each resumable: finished outputs are kept and re-running continues):
    global parameter) trained on the two ends, and the classical baseline, a force-matched pair table
    fitted at the middle temperature only.
 5. pressure matching: each model's volume potential (priors.volume), fitted at its training
-   temperatures from CG NVT runs at 0.95 and 1.05 times the all-atom volume, so that it has the
+   temperatures from CG NVT runs at 0.95, 1 and 1.05 times the all-atom volume, so that it has the
    all-atom pressure and bulk modulus there; written as models/<name>_volume.pt.
 6. CG runs of every model at every temperature, started from a mapped reference frame: NVT in the
    reference box (RDF, diffusion, virial pressure), NPT at 1 bar without the volume term (force

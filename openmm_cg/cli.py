@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=25000, help="per volume")
     p.add_argument("--timestep-fs", type=float, default=4.0)
     p.add_argument("--skip-ps", type=float, default=10.0, help="equilibration dropped at each volume")
-    p.add_argument("--volume-change", type=float, default=0.05, help="runs at (1 -/+ this) x the all-atom volume")
+    p.add_argument("--volume-change", type=float, default=0.05, help="runs at 1 - this, 1 and 1 + this x the all-atom volume")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
