@@ -224,12 +224,12 @@ def main():
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
 
-    import mdtraj
     import torch
 
     from openmm_cg.analysis.polymer import distribution_overlap
     from openmm_cg.dynamics.train import load_dynamics
     from openmm_cg.machine import machine_info
+    from openmm_cg.simulation.run import load_run_frames
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)
@@ -257,7 +257,7 @@ def main():
     variants = {}
     for name, result in rollouts.items():
         out = work / "rollouts" / name
-        trajectory = mdtraj.load(str(out / "trajectory.dcd"), top=str(out / "topology.pdb"))
+        positions_nm, _ = load_run_frames(out)
         failed = {int(c): step for c, step in ((c, f["step"]) for c, f in result["failures"].items())}
         counts = [c.n_beads for c in test] * args.replicas
         offsets = np.cumsum([0] + counts)
@@ -267,7 +267,7 @@ def main():
             pieces = []
             for replica in range(args.replicas):
                 b = replica * len(test) + k
-                x = trajectory.xyz[:, offsets[b]:offsets[b + 1]].astype(np.float64)
+                x = positions_nm[:, offsets[b]:offsets[b + 1]]
                 if b in failed:
                     x = x[:failed[b] - 1]  # frames after a failure are the frozen last good frame
                 if len(x) >= 20:

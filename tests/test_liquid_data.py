@@ -162,3 +162,21 @@ def test_virial_pressure_equals_the_pair_virial_and_the_ideal_gas():
     expected = (n * 8.314462618e-3 * temperature + w / 3.0) / box_nm ** 3 * 16.6054
     np.testing.assert_allclose(pressure, expected, rtol=1e-5)
     assert np.all(pressure > ideal)  # repulsion raises the pressure
+
+
+def test_rdf_sampling_error_falls_as_one_over_root_frames():
+    from openmm_cg.analysis.liquid import rdf_sampling_error
+
+    # Independent ideal-gas frames: bin-count noise, so the error of n-frame segments against a long
+    # reference goes as sqrt(1/n + 1/n_reference); 10 vs 40 frames against 400: a ratio of 1.93.
+    rng = np.random.default_rng(1)
+    trajectories = [rng.uniform(0, 3.0, size=(400, 200, 3)) for _ in range(2)]
+    boxes = [np.tile(np.eye(3) * 3.0, (400, 1, 1))] * 2
+    short, short_spread = rdf_sampling_error(trajectories, boxes, 10, 1.2, 60)
+    long, _ = rdf_sampling_error(trajectories, boxes, 40, 1.2, 60)
+    assert short / long == pytest.approx(np.sqrt((1 / 10 + 1 / 400) / (1 / 40 + 1 / 400)), rel=0.1)
+    assert 0 < short_spread < short
+    with pytest.raises(InputError, match="two independent"):
+        rdf_sampling_error(trajectories[:1], boxes[:1], 10, 1.2, 60)
+    with pytest.raises(InputError, match="fewer than one segment"):
+        rdf_sampling_error(trajectories, boxes, 500, 1.2, 60)

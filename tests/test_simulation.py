@@ -5,12 +5,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from openmm_cg.analysis.report import load_simulation_positions
 from openmm_cg.analysis.thermo import configurational_temperature_K
 from openmm_cg.errors import InputError, OutputExistsError, SimulationBlowUpError
 from openmm_cg.export import load_eager
 from openmm_cg.simulation.potential import CGPotential
-from openmm_cg.simulation.run import SimulationConfig, run_simulation
+from openmm_cg.simulation.run import SimulationConfig, load_run_frames, run_simulation
 
 from conftest import cg_frames
 
@@ -36,7 +35,7 @@ def test_langevin_samples_the_target_temperature(langevin_run, ala2_exported):
     assert result["n_replicas"] == 20 and result["frames"] == 300
     kinetic = _log_column(out / "log.csv", "temperature_K")[50:]  # 2 ps of equilibration skipped
     assert abs(kinetic.mean() - 300.0) < 0.03 * 300.0
-    xyz = load_simulation_positions(out)[50:]
+    xyz = load_run_frames(out)[0][50:]
     frames = xyz.reshape(len(xyz) * 20, potential.n_beads, 3)
     module, _ = load_eager(ala2_exported["float64"])
     t_conf = configurational_temperature_K(module, frames.astype(np.float64))
@@ -50,7 +49,7 @@ def test_resume_continues_and_refuses_other_settings(langevin_run, ala2_dataset,
                               checkpoint_interval=2000, platform="CPU", seed=3)
     again = run_simulation(potential, cg_frames(dataset, 20).reshape(-1, 3), config, out, progress=False)
     assert again["steps"] == 6400 and again["frames"] == 320
-    assert len(load_simulation_positions(out)) == 320
+    assert len(load_run_frames(out)[0]) == 320
     steps = _log_column(out / "log.csv", "step")
     assert np.all(np.diff(steps) == 20) and steps[-1] == 6400
     finished = run_simulation(potential, cg_frames(dataset, 20).reshape(-1, 3), replace(config, threads=1), out,
@@ -85,7 +84,7 @@ def test_interrupted_run_drops_frames_after_the_checkpoint(ala2_exported, ala2_d
                        progress=False)
         (out / "checkpoint.chk").write_bytes((tmp_path / f"{fmt}_ref" / "checkpoint.chk").read_bytes())
         result = run_simulation(potential, x, config, out, progress=False)
-        assert result["frames"] == 20 and len(load_simulation_positions(out)) == 20
+        assert result["frames"] == 20 and len(load_run_frames(out)[0]) == 20
 
 
 def test_existing_results_are_not_overwritten(ala2_exported, ala2_dataset, tmp_path):

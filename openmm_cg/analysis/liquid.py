@@ -59,6 +59,30 @@ def rdf_error(reference: RDF, model: RDF) -> float:
     return float(np.abs(model.g - reference.g).sum() * width)
 
 
+def rdf_sampling_error(trajectories_nm, boxes_nm, n_frames: int, r_max_nm: float, n_bins: int = 100):
+    """(mean, std) RDF error (``rdf_error``, nm) of ``n_frames``-frame segments of each trajectory against
+    the RDF of the other trajectories: the error a model that reproduced the reference exactly would show
+    with runs of that length, i.e. the noise floor of a comparison with them.
+
+    ``trajectories_nm`` and ``boxes_nm`` are lists of (F, N, 3) frames and (F, 3, 3) boxes, at least two
+    independent trajectories (a segment compared with its own trajectory would share its noise).
+    """
+    if len(trajectories_nm) < 2 or len(boxes_nm) != len(trajectories_nm):
+        raise InputError("a sampling error needs at least two independent trajectories, each with its boxes")
+    errors = []
+    for k, (positions, boxes) in enumerate(zip(trajectories_nm, boxes_nm)):
+        if len(positions) < n_frames:
+            raise InputError(f"trajectory {k} has {len(positions)} frames, fewer than one segment of {n_frames}")
+        others = [i for i in range(len(trajectories_nm)) if i != k]
+        reference = radial_distribution(np.concatenate([trajectories_nm[i] for i in others]),
+                                        np.concatenate([boxes_nm[i] for i in others]), r_max_nm, n_bins)
+        for start in range(0, len(positions) - n_frames + 1, n_frames):
+            segment = slice(start, start + n_frames)
+            errors.append(rdf_error(reference, radial_distribution(positions[segment], boxes[segment], r_max_nm,
+                                                                   n_bins)))
+    return float(np.mean(errors)), float(np.std(errors))
+
+
 def mean_squared_displacement(positions_nm: np.ndarray, box_vectors_nm: np.ndarray, max_lag: int):
     """MSD (nm^2) at lags 0..max_lag frames, averaged over beads and time origins, system drift removed.
 

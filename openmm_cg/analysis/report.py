@@ -1,34 +1,19 @@
 """``openmm-cg analyze``: the CG model's Ramachandran map against the mapped all-atom reference."""
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..data.datasets import CGDataset
-from ..errors import InputError
 from ..outputs import prepare_output_dir, write_json
+from ..simulation.run import load_run_frames
 from .ramachandran import PhiPsi, compare, phi_psi, plot_free_energy_surfaces, replica_phi_psi
-
-
-def load_simulation_positions(sim_dir) -> np.ndarray:
-    """(frames, particles, 3) in nm from a folder written by :func:`openmm_cg.simulation.run.run_simulation`."""
-    import mdtraj
-
-    sim_dir = Path(sim_dir)
-    for name in ("trajectory.dcd", "trajectory.h5"):
-        path = sim_dir / name
-        if path.exists():
-            if path.suffix == ".h5":
-                return mdtraj.load_hdf5(str(path)).xyz
-            return mdtraj.load_dcd(str(path), top=str(sim_dir / "topology.pdb")).xyz
-    raise InputError(f"{sim_dir} holds no trajectory.dcd or trajectory.h5")
 
 
 def simulation_phi_psi(sim_dirs: Sequence, molecule_topology, n_beads: int) -> PhiPsi:
     parts = []
     offset = 0
     for sim_dir in sim_dirs:
-        angles = replica_phi_psi(load_simulation_positions(sim_dir), molecule_topology, n_beads)
+        angles = replica_phi_psi(load_run_frames(sim_dir)[0], molecule_topology, n_beads)
         angles.groups = angles.groups + offset
         offset = angles.groups.max() + 1
         parts.append(angles)

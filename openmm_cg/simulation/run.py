@@ -119,16 +119,27 @@ def _truncate_trajectory(path: Path, topology: app.Topology, fmt: str, n_frames:
 
 
 def load_run_frames(out_dir, skip_ps: float = 0.0):
-    """(positions (F, N, 3) nm, boxes (F, 3, 3) nm or None) of a ``run_simulation`` folder, float64,
-    without the first ``skip_ps``."""
+    """(positions (F, N, 3) nm, boxes (F, 3, 3) nm or None) of a folder written by ``run_simulation`` or by a
+    learned-dynamics rollout (``trajectory.dcd`` or ``.h5``), float64, without the first ``skip_ps``."""
     import mdtraj
 
     out_dir = Path(out_dir)
-    progress = json.loads((out_dir / "progress.json").read_text())
-    config = progress["config"]
-    trajectory_path = out_dir / f"trajectory.{config['trajectory_format']}"
-    trajectory = mdtraj.load(str(trajectory_path), top=str(out_dir / "topology.pdb"))
-    skip = int(round(skip_ps / (config["report_interval"] * config["timestep_ps"])))
+    paths = [out_dir / f"trajectory.{fmt}" for fmt in ("dcd", "h5") if (out_dir / f"trajectory.{fmt}").exists()]
+    if not paths:
+        raise InputError(f"{out_dir} holds no trajectory.dcd or trajectory.h5")
+    if paths[0].suffix == ".h5":
+        trajectory = mdtraj.load_hdf5(str(paths[0]))
+    else:
+        trajectory = mdtraj.load_dcd(str(paths[0]), top=str(out_dir / "topology.pdb"))
+    skip = 0
+    if skip_ps > 0:
+        if (out_dir / "progress.json").exists():
+            config = json.loads((out_dir / "progress.json").read_text())["config"]
+            frame_ps = config["report_interval"] * config["timestep_ps"]
+        else:  # a rollout
+            rollout = json.loads((out_dir / "rollout.json").read_text())
+            frame_ps = rollout["config"]["report_interval"] * rollout["step_ps"]
+        skip = int(round(skip_ps / frame_ps))
     if skip >= trajectory.n_frames:
         raise InputError(f"{out_dir} has {trajectory.n_frames} frames; skipping {skip_ps} ps leaves none")
     boxes = trajectory.unitcell_vectors
