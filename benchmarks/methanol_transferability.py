@@ -295,6 +295,7 @@ def main():
     from openmm_cg.export import batch_energy_function
     from openmm_cg.machine import machine_info
     from openmm_cg.simulation.run import load_run_frames
+    from openmm_cg.training.pressure_matching import block_mean_and_error
     from openmm_cg.units import density_g_per_mL
 
     work = Path(args.work)
@@ -364,10 +365,11 @@ def main():
                     "nvt_pressure_bar": float(pressure.mean()),
                     "nvt_pressure_standard_error_bar": float(pressure.std(ddof=1) / np.sqrt(len(pressure)))})
             if "npt_volume" in run and "error" not in run["npt_volume"]:
-                _, volume_boxes = load_run_frames(run["npt_volume"]["out"], args.cg_skip_ps)
-                density = float(np.mean(density_g_per_mL(mass, np.linalg.det(volume_boxes))))
+                _, volume_boxes = load_run_frames(run["npt_volume"]["out"], args.pressure_skip_ps)
+                density, error = block_mean_and_error(density_g_per_mL(mass, np.linalg.det(volume_boxes)), 10)
                 row["with_volume_term"].update({"npt_density_g_per_mL": density,
                                                 "density_error_percent": 100 * (density / aa["density_g_per_mL"] - 1),
+                                                "density_standard_error_percent": 100 * error / aa["density_g_per_mL"],
                                                 "npt_ps": run["npt_volume"]["simulated_ns_per_replica"] * 1e3})
             elif "npt_volume" in run:
                 row["with_volume_term"]["failed"] = run["npt_volume"]["error"]
@@ -422,8 +424,9 @@ def main():
                        "temperatures so that the CG pressure and bulk modulus at the all-atom volume are the all-atom "
                        "ones; 'with_volume_term' rows are NPT runs of the model with it, 'without_volume_term' of "
                        "force matching alone (not equilibrated: the box grows towards the vapour)",
-        "pressure_matching": {"steps_per_volume": args.pressure_steps, "skip_ps": args.pressure_skip_ps,
-                              "npt_volume_steps": args.npt_volume_steps},
+        "pressure_matching": {"steps_per_volume": args.pressure_steps, "npt_volume_steps": args.npt_volume_steps,
+                              "skip_ps": args.pressure_skip_ps, "skip": "dropped from every run at each volume and "
+                              "from the NPT runs with the volume term; density standard errors from 10 blocks"},
         "rows": rows, "summary": summary}
     (out / "methanol_transferability.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_rdfs(reference, curves, specs, temperatures, out / "methanol_rdf.png")
