@@ -298,6 +298,7 @@ def test_rollout_writes_trajectories_and_resumes_identically(tmp_path, fmt):
     from openmm_cg.dynamics.rollout import RolloutConfig, rollout
     from openmm_cg.dynamics.train import DYNAMICS_KIND
     from openmm_cg.export import save_scripted
+    from openmm_cg.simulation.run import load_run_frames
 
     model = random_model()
     metadata = {"kind": DYNAMICS_KIND, "format_version": 1, "step_ps": 10.0, "history": SMALL.history,
@@ -311,6 +312,10 @@ def test_rollout_writes_trajectories_and_resumes_identically(tmp_path, fmt):
     full = mdtraj.load(str(tmp_path / "straight" / f"trajectory.{fmt}"), top=str(tmp_path / "straight" / "topology.pdb"))
     assert full.n_frames == 6 and full.n_atoms == batch.n_beads and full.topology.n_chains == 3
     assert full.topology.n_bonds == int(batch.bonded.sum())
+    # The folder reader of simulations reads rollouts too: frames every 2 x 10 ps, so 40 ps skips two.
+    positions, boxes = load_run_frames(tmp_path / "straight", skip_ps=40.0)
+    assert boxes is None
+    np.testing.assert_allclose(positions, full.xyz[2:], atol=1e-6)
 
     # Interrupted after 8 steps (checkpoint at 8), then resumed: the same frames.
     rollout(path, SEQUENCES, history, RolloutConfig(**{**config.__dict__, "steps": 8}), tmp_path / "resumed",
