@@ -290,12 +290,11 @@ def main():
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
 
-    from openmm_cg.analysis.liquid import RDF, rdf_error, virial_pressure_bar
+    from openmm_cg.analysis.liquid import RDF, block_mean_and_error, rdf_error, virial_pressure_bar
     from openmm_cg.data.datasets import CGDataset
     from openmm_cg.export import batch_energy_function
     from openmm_cg.machine import machine_info
     from openmm_cg.simulation.run import load_run_frames
-    from openmm_cg.training.pressure_matching import block_mean_and_error
     from openmm_cg.units import density_g_per_mL
 
     work = Path(args.work)

@@ -120,6 +120,17 @@ def self_diffusion_nm2_per_ps(msd_nm2: np.ndarray, frame_interval_ps: float, fit
 
 
 
+def block_mean_and_error(values: np.ndarray, n_blocks: int):
+    """(mean, standard error) of a correlated time series, the error from the spread of ``n_blocks``
+    block means (the tail that does not fill a block is left out of the blocks)."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values) // n_blocks * n_blocks
+    if n < n_blocks * 2:
+        raise InputError(f"{len(values)} values are too few for {n_blocks} blocks")
+    blocks = values[:n].reshape(n_blocks, -1).mean(1)
+    return float(values.mean()), float(blocks.std(ddof=1) / np.sqrt(n_blocks))
+
+
 def virial_pressure_bar(energy_fn, positions_nm: np.ndarray, box_vectors_nm: np.ndarray, temperature_K: float) -> np.ndarray:
     """Instantaneous pressure of every frame (bar) from the volume derivative of the potential energy.
 

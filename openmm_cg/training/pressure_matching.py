@@ -45,17 +45,9 @@ def all_atom_targets(dataset):
     return pressures.pop(), float(bulk)
 
 
-def block_mean_and_error(values: np.ndarray, n_blocks: int):
-    n = len(values) // n_blocks * n_blocks
-    if n < n_blocks * 2:
-        raise InputError(f"{len(values)} pressures are too few for {n_blocks} blocks")
-    blocks = values[:n].reshape(n_blocks, -1).mean(1)
-    return float(values.mean()), float(blocks.std(ddof=1) / np.sqrt(n_blocks))
-
-
 def measure_state_point(model_path, dataset, work, config: PressureMatchingConfig, progress: bool = True):
     """(StatePoint, details) of the model at ``model_path`` at the dataset's temperature and volume."""
-    from ..analysis.liquid import virial_pressure_bar
+    from ..analysis.liquid import block_mean_and_error, virial_pressure_bar
     from ..export import batch_energy_function
     from ..simulation.potential import CGPotential
     from ..simulation.run import SimulationConfig, load_run_frames, run_simulation
