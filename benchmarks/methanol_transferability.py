@@ -24,7 +24,9 @@ Stages (each resumable: finished outputs are kept and re-running continues):
    error at most twice the training one, and below the baseline's) per learned model. Next to the RDF
    errors: the error sampling alone gives a run of the CG runs' length (all-atom segments against the
    other all-atom trajectory), and for each learned model the spread its difference to the baseline has
-   from sampling alone.
+   from sampling alone. With --long-nvt-models, longer NVT runs of the models named there judge the same
+   targets with a lower sampling floor (list the baseline too). Validation force RMSE of every model on
+   the same frames (the pair table's computed here, the networks' by their training).
 Writes benchmarks/results/methanol_transferability.json and methanol_rdf.png.
 """
 import argparse
@@ -107,6 +109,11 @@ def observables(positions_nm, boxes_nm, frame_interval_ps, rdf_range_nm, rdf_bin
             "diffusion_nm2_per_ps": self_diffusion_nm2_per_ps(np.mean(msds, axis=0), frame_interval_ps)}
 
 
+def cg_frames_after_skip(steps: int, args) -> int:
+    return steps // args.cg_report_interval - int(round(
+        args.cg_skip_ps / (args.cg_report_interval * args.cg_timestep_fs * 1e-3)))
+
+
 def stage_reference_observables(work: Path, temperatures, args) -> dict:
     """Observables of the reference at every temperature, and the RDF error that sampling alone gives a CG
     run of the study's length (``rdf_sampling_error``: the noise floor of the RDF errors in the table)."""
@@ -115,12 +122,13 @@ def stage_reference_observables(work: Path, temperatures, args) -> dict:
 
     path = work / "aa_observables.json"
     done = json.loads(path.read_text()) if path.exists() else {}
-    cg_frames = args.cg_steps // args.cg_report_interval - int(round(
-        args.cg_skip_ps / (args.cg_report_interval * args.cg_timestep_fs * 1e-3)))
+    lengths = {"rdf_sampling_error_nm": cg_frames_after_skip(args.cg_steps, args)}
+    if args.long_nvt_models:
+        lengths["rdf_sampling_error_long_nvt_nm"] = cg_frames_after_skip(args.long_nvt_steps, args)
     for temperature in temperatures:
         key = f"{temperature:g}"
         result = done.get(key, {})
-        if result.get("rdf_sampling_error_nm", {}).get("frames") == cg_frames:
+        if all(result.get(name, {}).get("frames") == frames for name, frames in lengths.items()):
             continue
         dataset = CGDataset.load(dataset_path(work, temperature))
         runs = [np.flatnonzero(dataset.trajectory_index == k) for k in np.unique(dataset.trajectory_index)]
@@ -130,10 +138,11 @@ def stage_reference_observables(work: Path, temperatures, args) -> dict:
             result = observables(positions, boxes, interval, args.rdf_range_nm, args.rdf_bins, args.msd_lag_ps)
             densities = [m["npt"]["production_density_g_per_mL"] for m in dataset.source_metadata.values()]
             result["density_g_per_mL"] = float(np.mean(densities))
-        # Segments as long as a CG run, in time: the reference frames may be saved at another interval.
-        frames = int(round(cg_frames * args.cg_report_interval * args.cg_timestep_fs * 1e-3 / interval))
-        mean, spread = rdf_sampling_error(positions, boxes, frames, args.rdf_range_nm, args.rdf_bins)
-        result["rdf_sampling_error_nm"] = {"frames": cg_frames, "mean": mean, "std": spread}
+        for name, cg_frames in lengths.items():
+            # Segments as long as a CG run, in time: the reference frames may be saved at another interval.
+            frames = int(round(cg_frames * args.cg_report_interval * args.cg_timestep_fs * 1e-3 / interval))
+            mean, spread = rdf_sampling_error(positions, boxes, frames, args.rdf_range_nm, args.rdf_bins)
+            result[name] = {"frames": cg_frames, "mean": mean, "std": spread}
         done[key] = result
         path.write_text(json.dumps(done))
     return done
@@ -149,6 +158,8 @@ def stage_models(work: Path, specs, args) -> dict:
     for spec in specs:
         path = work / "models" / f"{spec.name}.pt"
         models[spec.name] = path
+        if spec.kind == "fm_pair" and path.exists():
+            write_pair_summary(work, spec, path)
         if path.exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,6 +169,7 @@ def stage_models(work: Path, specs, args) -> dict:
             train_ids, _ = trajectory_split(dataset, 0.5, 0)
             dataset = dataset.select_trajectories(train_ids)
             export_pair_table(fit_pair_force_matching(dataset, args.cutoff_nm), dataset, path)
+            write_pair_summary(work, spec, path)
             continue
         settings = yaml.safe_load((CONFIGS / "methanol_models.yaml").read_text())
         settings["data"]["dataset"] = datasets
@@ -176,6 +188,34 @@ def stage_models(work: Path, specs, args) -> dict:
         train(config_from_dict(settings), resume=(run / "checkpoints" / "last.ckpt").exists())
         export_run(run, path, overwrite=True)
     return models
+
+
+def write_pair_summary(work: Path, spec: ModelSpec, path: Path):
+    """train/<name>/summary.json of the pair table, as training writes one for the learned models: its force
+    RMSE on the validation trajectory, with the learned models' split and frame stride, so that the table
+    compares force matching of the pair table and the networks on the same frames."""
+    import torch
+
+    from openmm_cg.data.datasets import CGDataset, trajectory_split
+    from openmm_cg.export import batch_energy_function
+
+    out = work / "train" / spec.name / "summary.json"
+    if out.exists():
+        return
+    settings = yaml.safe_load((CONFIGS / "methanol_models.yaml").read_text())
+    dataset = CGDataset.load(dataset_path(work, spec.train_temperatures_K[0]))
+    _, validation = trajectory_split(dataset, settings["data"]["validation_fraction"], settings["seed"])
+    frames = np.flatnonzero(np.isin(dataset.trajectory_index, validation))[::settings["data"]["validation_frame_stride"]]
+    energy = batch_energy_function(path, spec.train_temperatures_K[0])
+    squared, count = 0.0, 0
+    for chunk in np.array_split(frames, max(1, len(frames) // 32)):
+        x = torch.tensor(dataset.positions_nm[chunk], dtype=torch.float64, requires_grad=True)
+        (gradient,) = torch.autograd.grad(energy(x, torch.tensor(dataset.box_vectors_nm[chunk])).sum(), x)
+        residual = gradient.numpy() + dataset.forces_kJ_per_mol_nm[chunk]
+        squared, count = squared + float((residual ** 2).sum()), count + residual.size
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"validation_frames": int(len(frames)), "validation_force_rmse_kJ_per_mol_nm":
+                               float(np.sqrt(squared / count))}, indent=2) + "\n")
 
 
 def stage_volume_terms(work: Path, specs, args) -> dict:
@@ -220,6 +260,8 @@ def stage_cg_runs(work: Path, models: dict, volume_models: dict, temperatures, a
             ensembles = [("nvt", None, model_path, args.cg_steps), ("npt", 1.0, model_path, args.cg_steps)]
             if name in volume_models:
                 ensembles.append(("npt_volume", 1.0, volume_models[name], args.npt_volume_steps))
+            if name in args.long_nvt_models:
+                ensembles.append(("nvt_long", None, model_path, args.long_nvt_steps))
             for ensemble, pressure, path, steps in ensembles:
                 out = work / "cg" / name / f"T{temperature:g}_{ensemble}"
                 lock = claim(out, wait=not args.models)
@@ -282,6 +324,10 @@ def main():
     parser.add_argument("--pressure-steps", type=int, default=25000, help="per volume and training temperature")
     parser.add_argument("--pressure-skip-ps", type=float, default=10.0)
     parser.add_argument("--npt-volume-steps", type=int, default=12500, help="NPT runs with the volume term")
+    parser.add_argument("--long-nvt-models", nargs="*", default=[],
+                        help="also run these models by NVT for --long-nvt-steps at every temperature: RDF errors "
+                             "with a lower sampling floor, to tell apart models whose short-run errors are within it")
+    parser.add_argument("--long-nvt-steps", type=int, default=25000, help="100 ps of 4 fs steps")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--models", nargs="+", help="train and run only these models and write no table; CG runs "
@@ -320,6 +366,10 @@ def main():
     if args.models:
         return
 
+    def rdf_error_to(aa, cg):
+        return rdf_error(RDF(np.array(aa["rdf_r_nm"]), np.array(aa["rdf_g"]), 0),
+                         RDF(np.array(cg["rdf_r_nm"]), np.array(cg["rdf_g"]), 0))
+
     interval_ps = args.cg_report_interval * args.cg_timestep_fs * 1e-3
     mass = float(CGDataset.load(dataset_path(work, temperatures[0])).mapping.masses_amu.sum())
     rows, curves = [], {}
@@ -342,8 +392,7 @@ def main():
             aa_volume = float(np.linalg.det(boxes[0]))
             npt_volumes = np.linalg.det(npt_boxes)
             row.update({
-                "rdf_error_nm": rdf_error(RDF(np.array(aa["rdf_r_nm"]), np.array(aa["rdf_g"]), 0),
-                                          RDF(np.array(cg["rdf_r_nm"]), np.array(cg["rdf_g"]), 0)),
+                "rdf_error_nm": rdf_error_to(aa, cg),
                 "rdf_sampling_error_nm": aa["rdf_sampling_error_nm"]["mean"],
                 "density_aa_g_per_mL": aa["density_g_per_mL"],
                 "diffusion_nm2_per_ps": cg["diffusion_nm2_per_ps"], "diffusion_aa_nm2_per_ps": aa["diffusion_nm2_per_ps"],
@@ -372,21 +421,26 @@ def main():
                                                 "npt_ps": run["npt_volume"]["simulated_ns_per_replica"] * 1e3})
             elif "npt_volume" in run:
                 row["with_volume_term"]["failed"] = run["npt_volume"]["error"]
+            if "nvt_long" in run and "error" in run["nvt_long"]:
+                row["long_nvt"] = {"failed": run["nvt_long"]["error"]}
+            elif "nvt_long" in run:
+                x, boxes = load_run_frames(run["nvt_long"]["out"], args.cg_skip_ps)
+                cg = observables([x], [boxes], interval_ps, args.rdf_range_nm, args.rdf_bins, args.msd_lag_ps)
+                row["long_nvt"] = {"ps": run["nvt_long"]["simulated_ns_per_replica"] * 1e3,
+                                   "rdf_error_nm": rdf_error_to(aa, cg),
+                                   "rdf_sampling_error_nm": aa["rdf_sampling_error_long_nvt_nm"]["mean"],
+                                   "diffusion_ratio_cg_over_aa": cg["diffusion_nm2_per_ps"] / aa["diffusion_nm2_per_ps"]}
             rows.append(row)
 
     summary = {}
-    baseline = [r for r in rows if r["kind"] == "fm_pair" and "rdf_error_nm" in r]
-    baseline_held_out = np.mean([r["rdf_error_nm"] for r in baseline if r["held_out"]]) if baseline else None
+    spread = np.mean([v["rdf_sampling_error_nm"]["std"] for v in reference.values()])
     for spec in specs:
         mine = [r for r in rows if r["model"] == spec.name]
-        trained = [r["rdf_error_nm"] for r in mine if not r["held_out"] and "rdf_error_nm" in r]
-        held = [r["rdf_error_nm"] for r in mine if r["held_out"] and "rdf_error_nm" in r]
-        failed = [r["temperature_K"] for r in mine if "failed" in r]
         training_summary = work / "train" / spec.name / "summary.json"
         entry = {"validation_force_rmse_kJ_per_mol_nm": json.loads(training_summary.read_text()).get(
                      "validation_force_rmse_kJ_per_mol_nm") if training_summary.exists() else None,
-                 "rdf_error_training_mean_nm": float(np.mean(trained)) if trained else None,
-                 "rdf_error_held_out_mean_nm": float(np.mean(held)) if held else None, "failed_at_K": failed}
+                 **rdf_targets(spec, rows, lambda r: r, spread),
+                 "failed_at_K": [r["temperature_K"] for r in mine if "failed" in r]}
         for label, held_out in (("training", False), ("held_out", True)):
             errors = [r["with_volume_term"]["density_error_percent"] for r in mine if r["held_out"] == held_out
                       and "density_error_percent" in r.get("with_volume_term", {})]
@@ -394,14 +448,9 @@ def main():
         matching = work / "pressure" / spec.name / "pressure_matching.json"
         if matching.exists():
             entry["volume_term"] = json.loads(matching.read_text())["volume_term"]
-        if spec.kind != "fm_pair" and trained and held and baseline_held_out is not None:
-            entry["target_held_out_at_most_twice_training"] = bool(np.mean(held) <= 2 * np.mean(trained))
-            entry["target_held_out_below_baseline"] = bool(np.mean(held) < baseline_held_out)
-            # How much of that difference sampling alone could make: one row's spread, over both means.
-            spread = np.mean([v["rdf_sampling_error_nm"]["std"] for v in reference.values()])
-            n_baseline = sum(r["held_out"] for r in baseline)
-            entry["held_out_minus_baseline_nm"] = float(np.mean(held) - baseline_held_out)
-            entry["held_out_minus_baseline_sampling_std_nm"] = float(spread * np.sqrt(1 / len(held) + 1 / n_baseline))
+        if spec.name in args.long_nvt_models:
+            entry["long_nvt"] = rdf_targets(spec, rows, lambda r: r.get("long_nvt", {}), np.mean(
+                [v["rdf_sampling_error_long_nvt_nm"]["std"] for v in reference.values()]))
         summary[spec.name] = entry
 
     out = Path(args.out)
@@ -417,6 +466,12 @@ def main():
                           "the other all-atom trajectory: what sampling alone gives a model that is exact; 'std' "
                           "is its spread over segments",
             **{k: v["rdf_sampling_error_nm"] for k, v in reference.items()}},
+        **({"long_nvt": {
+            "models": args.long_nvt_models, "steps": args.long_nvt_steps,
+            "definition": "NVT runs of these models (and the baseline, when listed) as long as 'steps', in rows' and "
+                          "summary's 'long_nvt': their RDF errors have a lower sampling floor than the table's runs",
+            "rdf_sampling_error_nm": {k: v["rdf_sampling_error_long_nvt_nm"] for k, v in reference.items()}}}
+           if args.long_nvt_models else {}),
         "pressure_definition": "virial pressure (bar) of the CG NVT run in the all-atom NVT box, whose all-atom "
                                "pressure is 1 bar (the box is the NPT mean at 1 bar)",
         "volume_term": "U_V = N [a (v - v0) + b/(2 v0) (v - v0)^2] (priors.volume), fitted at the training "
@@ -430,6 +485,28 @@ def main():
     (out / "methanol_transferability.json").write_text(json.dumps(result, indent=2) + "\n")
     plot_rdfs(reference, curves, specs, temperatures, out / "methanol_rdf.png")
     print(json.dumps(summary, indent=2))
+
+
+def rdf_targets(spec: ModelSpec, rows, runs_of, spread_nm: float) -> dict:
+    """Training and held-out mean RDF errors of one model, from the runs ``runs_of(row)`` picks in its rows
+    (the study's NVT runs, or the long ones), and for a learned model the study's targets against the
+    baseline's runs of the same kind: held-out error at most twice the training one, and below the baseline's
+    held-out error, with the spread that sampling alone gives that difference (``spread_nm``: one run's, over
+    both means)."""
+    def errors(name, held_out):
+        return [runs_of(r)["rdf_error_nm"] for r in rows if r["model"] == name and r["held_out"] == held_out
+                and "rdf_error_nm" in runs_of(r)]
+
+    trained, held = errors(spec.name, False), errors(spec.name, True)
+    entry = {"rdf_error_training_mean_nm": float(np.mean(trained)) if trained else None,
+             "rdf_error_held_out_mean_nm": float(np.mean(held)) if held else None}
+    baseline = [e for name in {r["model"] for r in rows if r["kind"] == "fm_pair"} for e in errors(name, True)]
+    if spec.kind != "fm_pair" and trained and held and baseline:
+        entry["target_held_out_at_most_twice_training"] = bool(np.mean(held) <= 2 * np.mean(trained))
+        entry["target_held_out_below_baseline"] = bool(np.mean(held) < np.mean(baseline))
+        entry["held_out_minus_baseline_nm"] = float(np.mean(held) - np.mean(baseline))
+        entry["held_out_minus_baseline_sampling_std_nm"] = float(spread_nm * np.sqrt(1 / len(held) + 1 / len(baseline)))
+    return entry
 
 
 def plot_rdfs(reference, curves, specs, temperatures, path):
