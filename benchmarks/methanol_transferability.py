@@ -158,20 +158,22 @@ def stage_models(work: Path, specs, args) -> dict:
     for spec in specs:
         path = work / "models" / f"{spec.name}.pt"
         models[spec.name] = path
-        if spec.kind == "fm_pair" and path.exists():
-            write_pair_summary(work, spec, path)
+        settings = yaml.safe_load((CONFIGS / "methanol_models.yaml").read_text())
+        if spec.kind == "fm_pair":  # fitted on the networks' training trajectory, judged on their validation one
+            dataset = CGDataset.load(dataset_path(work, spec.train_temperatures_K[0]))
+            train_ids, validation_ids = trajectory_split(dataset, settings["data"]["validation_fraction"],
+                                                         settings["seed"])
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fitted_on = dataset.select_trajectories(train_ids)
+                export_pair_table(fit_pair_force_matching(fitted_on, args.cutoff_nm), fitted_on, path)
+            write_pair_summary(work, spec.name, path, dataset, validation_ids,
+                               settings["data"]["validation_frame_stride"])
+            continue
         if path.exists():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         datasets = [str(dataset_path(work, t)) for t in spec.train_temperatures_K]
-        if spec.kind == "fm_pair":
-            dataset = CGDataset.load(datasets[0])
-            train_ids, _ = trajectory_split(dataset, 0.5, 0)
-            dataset = dataset.select_trajectories(train_ids)
-            export_pair_table(fit_pair_force_matching(dataset, args.cutoff_nm), dataset, path)
-            write_pair_summary(work, spec, path)
-            continue
-        settings = yaml.safe_load((CONFIGS / "methanol_models.yaml").read_text())
         settings["data"]["dataset"] = datasets
         settings["model"]["architecture"] = spec.kind
         settings["model"]["temperature_input"] = spec.temperature_input
@@ -190,23 +192,19 @@ def stage_models(work: Path, specs, args) -> dict:
     return models
 
 
-def write_pair_summary(work: Path, spec: ModelSpec, path: Path):
+def write_pair_summary(work: Path, name: str, path: Path, dataset, validation_ids, frame_stride: int):
     """train/<name>/summary.json of the pair table, as training writes one for the learned models: its force
-    RMSE on the validation trajectory, with the learned models' split and frame stride, so that the table
-    compares force matching of the pair table and the networks on the same frames."""
+    RMSE on the validation trajectories, every ``frame_stride``-th frame as the networks' validation takes
+    them, so that the table compares force matching of the pair table and the networks on the same frames."""
     import torch
 
-    from openmm_cg.data.datasets import CGDataset, trajectory_split
     from openmm_cg.export import batch_energy_function
 
-    out = work / "train" / spec.name / "summary.json"
+    out = work / "train" / name / "summary.json"
     if out.exists():
         return
-    settings = yaml.safe_load((CONFIGS / "methanol_models.yaml").read_text())
-    dataset = CGDataset.load(dataset_path(work, spec.train_temperatures_K[0]))
-    _, validation = trajectory_split(dataset, settings["data"]["validation_fraction"], settings["seed"])
-    frames = np.flatnonzero(np.isin(dataset.trajectory_index, validation))[::settings["data"]["validation_frame_stride"]]
-    energy = batch_energy_function(path, spec.train_temperatures_K[0])
+    frames = np.flatnonzero(np.isin(dataset.trajectory_index, validation_ids))[::frame_stride]
+    energy = batch_energy_function(path, dataset.temperature_K)
     squared, count = 0.0, 0
     for chunk in np.array_split(frames, max(1, len(frames) // 32)):
         x = torch.tensor(dataset.positions_nm[chunk], dtype=torch.float64, requires_grad=True)

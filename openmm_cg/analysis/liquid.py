@@ -119,7 +119,6 @@ def self_diffusion_nm2_per_ps(msd_nm2: np.ndarray, frame_interval_ps: float, fit
     return float(slope / 6.0)
 
 
-
 def block_mean_and_error(values: np.ndarray, n_blocks: int):
     """(mean, standard error) of a correlated time series, the error from the spread of ``n_blocks``
     block means (the tail that does not fill a block is left out of the blocks)."""
