@@ -180,7 +180,7 @@ def stage_models(work: Path, specs, args) -> dict:
         settings["output"] = str(work / "train" / spec.name)
         if args.max_epochs:
             settings["training"]["max_epochs"] = args.max_epochs
-        if spec.kind == "hipnnts":  # ~5x the cost per frame of CGSchNet (measured): twice the time
+        if spec.kind == "hipnnts":  # 2-3x the cost per training step of CGSchNet (measured): twice the time
             settings["training"]["max_time_minutes"] *= 2
         if args.max_train_minutes:
             settings["training"]["max_time_minutes"] = args.max_train_minutes

@@ -52,6 +52,22 @@ def test_forces_match_finite_differences():
         assert grad[0, bead, axis].item() == pytest.approx(numeric, rel=1e-6, abs=1e-8)
 
 
+def test_both_summation_orders_give_the_same_energy_and_forces():
+    module = network()
+    orders = [block.interaction.environment_first for block in module.blocks]
+    assert orders == [True, False]  # one-hot input: environment first; features: weights first
+    x = configurations().requires_grad_(True)
+    energy = module(x, TYPES, PAIRS)
+    (grad,) = torch.autograd.grad(energy.sum(), x)
+    for block in module.blocks:
+        block.interaction.environment_first = not block.interaction.environment_first
+    flipped = module(x, TYPES, PAIRS)
+    (flipped_grad,) = torch.autograd.grad(flipped.sum(), x)
+    assert not torch.allclose(flipped, torch.zeros_like(flipped))
+    torch.testing.assert_close(flipped, energy, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(flipped_grad, grad, rtol=1e-10, atol=1e-12)
+
+
 def test_matches_hippynn_reference_layers():
     hippynn_networks = pytest.importorskip("hippynn.networks")
     ours = network(cutoff_form="cos2", max_l=2)
@@ -82,7 +98,7 @@ def test_matches_hippynn_reference_layers():
     r = torch.linalg.vector_norm(vectors, dim=-1)
     z = one_hot.unsqueeze(0)
     for block, layer_features in zip(ours.blocks, expected):
-        z, _ = block(z, r, vectors / r.unsqueeze(-1), PAIRS)
+        z, _ = block(z, r, vectors / r.unsqueeze(-1), PAIRS, 4)  # blocks of 4 pairs
         # Same equations, different summation order: agreement to ~1e-11 (float64).
         torch.testing.assert_close(z[0], layer_features, rtol=1e-8, atol=1e-10)
 

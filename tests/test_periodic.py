@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from openmm_cg.nn.hipnnts import HipNNTSConfig
 from openmm_cg.nn.periodic import PeriodicCGPotentialModule
 from openmm_cg.nn.schnet import SchNetConfig
 from openmm_cg.priors.pair import PairPriorParameters, fit_pair_repulsion
@@ -10,14 +11,19 @@ from openmm_cg.priors.pair import PairPriorParameters, fit_pair_repulsion
 TRICLINIC = np.array([[2.6, 0.0, 0.0], [0.7, 2.5, 0.0], [-0.9, 0.8, 2.7]])
 
 
-def liquid(n=60, seed=0, box=TRICLINIC):
+def liquid(n=60, seed=0, box=TRICLINIC, architecture="cgschnet"):
     """A random liquid of one-bead molecules with no two beads closer than 0.3 nm."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    module = PeriodicCGPotentialModule([0], PairPriorParameters(c=2e-5, exponent=12.0, cutoff_nm=0.8),
-                                       SchNetConfig(n_features=16, n_interactions=2, n_rbf=12, cutoff_nm=1.0),
+    config = SchNetConfig(n_features=16, n_interactions=2, n_rbf=12, cutoff_nm=1.0) if architecture == "cgschnet" \
+        else HipNNTSConfig(n_features=8, n_interactions=2, n_atom_layers=1, n_sensitivities=6, cutoff_nm=1.0)
+    module = PeriodicCGPotentialModule([0], PairPriorParameters(c=2e-5, exponent=12.0, cutoff_nm=0.8), config,
                                        energy_scale_kJ_per_mol=2.0).double()
-    torch.nn.init.normal_(module.network.output[-1].weight, std=0.3)  # trained models are not zero
+    # Trained models are not zero: their last read-outs are not.
+    last_layers = [module.network.output[-1]] if architecture == "cgschnet" else \
+        [block.readout for block in module.network.blocks]
+    for layer in last_layers:
+        torch.nn.init.normal_(layer.weight, std=0.3)
     module.requires_grad_(False)
     positions = []
     while len(positions) < n:
@@ -50,8 +56,9 @@ def test_batched_frames_equal_single_frames():
     assert float(batched[1]) == pytest.approx(float(module(y, box * 1.05)), rel=1e-12)
 
 
-def test_pairs_in_blocks_give_the_same_energy_and_forces():
-    module, x, box = liquid()
+@pytest.mark.parametrize("architecture", ["cgschnet", "hipnnts"])
+def test_pairs_in_blocks_give_the_same_energy_and_forces(architecture):
+    module, x, box = liquid(architecture=architecture)
     x = x.clone().requires_grad_(True)
     energy = module(x, box)
     (grad,) = torch.autograd.grad(energy, x)

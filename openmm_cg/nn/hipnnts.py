@@ -14,6 +14,8 @@ Written for this package from the published equations; it matches ``hippynn``'s 
 - the energy read-out starts from the first interaction layer (hippynn's also reads the one-hot input,
   a per-type constant that does not change forces of a fixed composition);
 - the final read-out weights start at zero, so an untrained model is exactly its priors.
+The sums themselves are the same: each layer sums over neighbours before (hippynn's order) or after
+contracting with the weights, whichever costs less for its feature counts, and pairs go through in blocks.
 """
 from dataclasses import dataclass
 from typing import List
@@ -22,6 +24,10 @@ import torch
 from torch import nn
 
 from .schnet import SmoothCutoff, activation
+
+# Pairs per block: the largest per-block buffer, (block, 9, F) for F = 64 features, is then 19 MB, below
+# glibc's 32 MB ceiling for reusing heap memory (see nn.schnet.PAIR_BLOCK).
+PAIR_BLOCK = 8192
 
 
 @dataclass
@@ -91,18 +97,24 @@ class TensorInteraction(nn.Module):
         # Reversing a pair flips r_hat: the l = 1 factors change sign, l = 0 and l = 2 do not.
         flip = [1.0] + [-1.0] * 3 * int(config.max_l >= 1) + [1.0] * 5 * int(config.max_l >= 2)
         self.register_buffer("reverse_sign", torch.tensor(flip))
+        # Two summation orders give the same environment; per pair and direction, weights first costs
+        # nu*F_out (messages) + C*F_out (angular outer product), environment first (hippynn's order)
+        # C*nu*F_in. The first layer reads one-hot types (F_in = n_types, often 1): there environment
+        # first is several times cheaper; later layers (F_in = F_out) are cheaper weights first.
+        n_sensitivities, n_angular = config.n_sensitivities, len(flip)
+        self.environment_first = n_angular * n_sensitivities * n_in < (n_sensitivities + n_angular) * n_out
 
-    def forward(self, z: torch.Tensor, r: torch.Tensor, unit: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-        """z (B, N, F_in), r (B, P), unit r_hat_ij (B, P, 3) of pairs (P, 2) i < j -> (B, N, F_out)."""
-        s = self.sensitivity(r).to(z.dtype)                                     # (B, P, nu)
-        angular = angular_factors(unit, self.max_l)                             # (B, P, C)
-        # sum_nu V_nu z_j first (same result as hippynn's environment-then-weights order, less memory).
-        q = torch.einsum("bnf,vof->bnvo", z, self.weights)                      # (B, N, nu, F_out)
-        to_first = torch.einsum("bpv,bpvo->bpo", s, q[:, pairs[:, 1]])          # messages j -> i
-        to_second = torch.einsum("bpv,bpvo->bpo", s, q[:, pairs[:, 0]])         # messages i -> j
-        env = torch.zeros(z.shape[0], z.shape[1], angular.shape[-1], q.shape[-1], dtype=z.dtype, device=z.device)
-        env = env.index_add(1, pairs[:, 0], angular.unsqueeze(-1) * to_first.unsqueeze(2))
-        env = env.index_add(1, pairs[:, 1], (angular * self.reverse_sign).unsqueeze(-1) * to_second.unsqueeze(2))
+    def forward(self, z: torch.Tensor, r: torch.Tensor, unit: torch.Tensor, pairs: torch.Tensor,
+                pair_block: int) -> torch.Tensor:
+        """z (B, N, F_in), r (B, P), unit r_hat_ij (B, P, 3) of pairs (P, 2) i < j -> (B, N, F_out); pairs go
+        through in blocks of ``pair_block``."""
+        distances = torch.split(r, pair_block, dim=1)
+        units = torch.split(unit, pair_block, dim=1)
+        # One gather per layer, split into blocks (see nn.schnet.Interaction).
+        if self.environment_first:
+            env = self._environment_first(z, distances, units, pairs, pair_block)
+        else:
+            env = self._weights_first(z, distances, units, pairs, pair_block)
         out = env[:, :, 0] + self.self_interaction(z)
         if self.max_l >= 1:
             vector = env[:, :, 1:4]
@@ -113,6 +125,43 @@ class TensorInteraction(nn.Module):
             norm2 = 2.0 * ((quad ** 2).sum(2) + quad[:, :, 0] * quad[:, :, 3])
             out = out + torch.sqrt(norm2 + self.cusp) * self.quadrupole_scales
         return out
+
+    def _weights_first(self, z: torch.Tensor, r: List[torch.Tensor], unit: List[torch.Tensor], pairs: torch.Tensor,
+                       pair_block: int) -> torch.Tensor:
+        """(B, N, C, F_out) environments from messages sum_nu s_nu W_nu z_j."""
+        q = torch.einsum("bnf,vof->bnvo", z, self.weights)                      # (B, N, nu, F_out)
+        from_second = torch.split(q[:, pairs[:, 1]], pair_block, dim=1)
+        from_first = torch.split(q[:, pairs[:, 0]], pair_block, dim=1)
+        env = torch.zeros(z.shape[0], z.shape[1], self.reverse_sign.shape[0], q.shape[-1], dtype=z.dtype,
+                          device=z.device)
+        blocks = torch.split(pairs, pair_block, dim=0)
+        for block_r, block_unit, block, q_second, q_first in zip(r, unit, blocks, from_second, from_first):
+            s = self.sensitivity(block_r).to(z.dtype)                           # (B, block, nu)
+            angular = angular_factors(block_unit, self.max_l)                   # (B, block, C)
+            to_first = torch.einsum("bpv,bpvo->bpo", s, q_second)               # messages j -> i
+            to_second = torch.einsum("bpv,bpvo->bpo", s, q_first)               # messages i -> j
+            env.index_add_(1, block[:, 0], angular.unsqueeze(-1) * to_first.unsqueeze(2))
+            env.index_add_(1, block[:, 1], (angular * self.reverse_sign).unsqueeze(-1) * to_second.unsqueeze(2))
+        return env
+
+    def _environment_first(self, z: torch.Tensor, r: List[torch.Tensor], unit: List[torch.Tensor],
+                           pairs: torch.Tensor, pair_block: int) -> torch.Tensor:
+        """(B, N, C, F_out) environments as sum_nu,f W_nu (sum_j s_nu a_c z_j)."""
+        n_batch, n_beads, n_in = z.shape[0], z.shape[1], z.shape[2]
+        n_sens, n_angular = self.weights.shape[0], self.reverse_sign.shape[0]
+        from_second = torch.split(z[:, pairs[:, 1]], pair_block, dim=1)
+        from_first = torch.split(z[:, pairs[:, 0]], pair_block, dim=1)
+        env = torch.zeros(n_batch, n_beads, n_angular * n_sens, n_in, dtype=z.dtype, device=z.device)
+        blocks = torch.split(pairs, pair_block, dim=0)
+        for block_r, block_unit, block, z_second, z_first in zip(r, unit, blocks, from_second, from_first):
+            s = self.sensitivity(block_r).to(z.dtype).unsqueeze(2)              # (B, block, 1, nu)
+            angular = angular_factors(block_unit, self.max_l).unsqueeze(-1)     # (B, block, C, 1)
+            to_first = (angular * s).reshape(n_batch, block.shape[0], -1, 1)    # (B, block, C*nu, 1)
+            to_second = (angular * self.reverse_sign.unsqueeze(-1) * s).reshape(n_batch, block.shape[0], -1, 1)
+            env.index_add_(1, block[:, 0], to_first * z_second.unsqueeze(2))
+            env.index_add_(1, block[:, 1], to_second * z_first.unsqueeze(2))
+        env = env.reshape(n_batch, n_beads, n_angular, n_sens, n_in)
+        return torch.einsum("bncvf,vof->bnco", env, self.weights)
 
 
 class HipBlock(nn.Module):
@@ -128,8 +177,8 @@ class HipBlock(nn.Module):
         self.act = activation(config.activation)
         self.readout = nn.Linear(config.n_features, n_outputs)
 
-    def forward(self, z: torch.Tensor, r: torch.Tensor, unit: torch.Tensor, pairs: torch.Tensor):
-        z = self.act(self.interaction(z, r, unit, pairs))
+    def forward(self, z: torch.Tensor, r: torch.Tensor, unit: torch.Tensor, pairs: torch.Tensor, pair_block: int):
+        z = self.act(self.interaction(z, r, unit, pairs, pair_block))
         for layer in self.atom_layers:
             z = self.act(layer(z))
         return z, self.readout(z)
@@ -145,6 +194,7 @@ class HipNNTS(nn.Module):
         if config.cutoff_form not in ("quintic", "cos2"):
             raise ValueError("cutoff_form must be 'quintic' or 'cos2'")
         self.n_types = n_types
+        self.pair_block = PAIR_BLOCK
         sizes = [n_types] + [config.n_features] * config.n_interactions
         self.n_outputs = n_outputs
         self.blocks = nn.ModuleList([HipBlock(n_in, config, n_outputs) for n_in in sizes[:-1]])
@@ -169,6 +219,7 @@ class HipNNTS(nn.Module):
         z = nn.functional.one_hot(types, self.n_types).to(vectors.dtype).unsqueeze(0).expand(vectors.shape[0], -1, -1)
         total = torch.zeros(vectors.shape[0], types.shape[0], self.n_outputs, dtype=vectors.dtype, device=vectors.device)
         for block in self.blocks:
-            z, energy = block(z, r, unit, pairs)
+            # Pairs go through each layer in blocks, as in CGSchNet (nn.schnet.PAIR_BLOCK explains why).
+            z, energy = block(z, r, unit, pairs, self.pair_block)
             total = total + energy
         return self.energy_scale * total

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 # Pairs per block: (block, features) buffers of 8-16 MB for 64 features, below glibc's 32 MB ceiling
-# for serving allocations from its reusable heap instead of fresh memory maps.
+# for serving allocations from its reusable heap instead of fresh memory maps. Nothing bead-sized may
+# be made once per block, or the cost grows as beads x blocks (quadratically): blocks add into the
+# per-bead sums in place, and each layer gathers its neighbor features once, then splits them.
 PAIR_BLOCK = 32768
 
 
@@ -68,16 +70,21 @@ class Interaction(nn.Module):
         self.f2out = nn.Sequential(nn.Linear(n_features, n_features), activation(act), nn.Linear(n_features, n_features))
 
     def forward(self, h: torch.Tensor, rbf: List[torch.Tensor], envelope: List[torch.Tensor],
-                pairs: List[torch.Tensor]) -> torch.Tensor:
-        """``rbf`` (batch, block, n_rbf), ``envelope`` (batch, block) and ``pairs`` (block, 2): blocks of pairs."""
+                pairs: torch.Tensor, pair_block: int) -> torch.Tensor:
+        """``rbf`` (batch, block, n_rbf) and ``envelope`` (batch, block): blocks of ``pair_block`` of ``pairs`` (P, 2)."""
         x = self.in2f(h)
         aggregated = torch.zeros_like(h)
-        for block_rbf, block_envelope, block in zip(rbf, envelope, pairs):
+        # One gather per layer, split into blocks: the gradient of a gather is a bead-sized buffer, so a
+        # gather per block would cost beads x blocks in the backward pass.
+        from_second = torch.split(x[:, pairs[:, 1]], pair_block, dim=1)
+        from_first = torch.split(x[:, pairs[:, 0]], pair_block, dim=1)
+        blocks = torch.split(pairs, pair_block, dim=0)
+        for block_rbf, block_envelope, block, x_second, x_first in zip(rbf, envelope, blocks, from_second, from_first):
             # Filters depend on the distance only, so each undirected pair (i < j) computes its filter
             # once and passes messages both ways: j -> i and i -> j.
             weights = self.filter(block_rbf) * block_envelope.unsqueeze(-1)  # (batch, block, F)
-            aggregated = aggregated.index_add(1, block[:, 0], x[:, block[:, 1]] * weights)
-            aggregated = aggregated.index_add(1, block[:, 1], x[:, block[:, 0]] * weights)
+            aggregated.index_add_(1, block[:, 0], x_second * weights)
+            aggregated.index_add_(1, block[:, 1], x_first * weights)
         return h + self.f2out(aggregated)
 
 
@@ -118,15 +125,15 @@ class CGSchNet(nn.Module):
     @torch.jit.export
     def bead_outputs(self, vectors: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
         """(batch, beads, n_outputs) energy channels (kJ/mol); several channels serve state-dependent models."""
-        # Pairs go through the network in blocks: every per-pair buffer then stays a few MB, which the
+        # Pairs go through the network in blocks: the per-pair intermediates then stay a few MB, which the
         # allocator reuses from step to step. Whole-list buffers of a 64k-bead liquid are hundreds of MB
         # each, and glibc maps every one afresh and page-faults it in again on every step
-        # (benchmarks/liquid_scaling.py). torch.split makes views whose gradients are joined once.
+        # (benchmarks/liquid_scaling.py). Only the gathered neighbor features, which the backward pass
+        # keeps anyway, are whole-list. torch.split makes views whose gradients are joined once.
         r = torch.split(torch.linalg.vector_norm(vectors, dim=-1), self.pair_block, dim=1)
         rbf = [self.rbf(block) for block in r]
         envelope = [self.cutoff(block) for block in r]
-        blocks = torch.split(pairs, self.pair_block, dim=0)
         h = self.embedding(types).unsqueeze(0).expand(vectors.shape[0], -1, -1).to(vectors.dtype)
         for interaction in self.interactions:
-            h = interaction(h, rbf, envelope, blocks)
+            h = interaction(h, rbf, envelope, pairs, self.pair_block)
         return self.energy_scale * self.output(h)
