@@ -18,9 +18,9 @@ step page-faults all of its memory again every time, and the per-bead cost grows
 a few MB are reused from the heap and stay in cache. --model times one given export as it is.
 
 --architecture hipnnts times the HIP-NN-TS of the methanol study (configs/methanol_models.yaml) and
-writes liquid_scaling_hipnnts.json. A third export there sums every layer's environment weights
-first ("weights_first_one_block": the code before the first layer summed environment first and before
-blocks), so the JSON gives the speed-up of both changes in the same run.
+writes liquid_scaling_hipnnts.json. A third export there uses one block and contracts every layer with
+its weights first ("weights_first_one_block": the code before blocks and before the first layer summed
+over neighbours first), so the JSON gives the speed-up of both changes in the same run.
 """
 import argparse
 import json

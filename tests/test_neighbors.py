@@ -69,3 +69,18 @@ def test_box_errors():
     assert torch.allclose(heights.prod() * 0 + torch.linalg.det(torch.tensor(TRICLINIC)),
                           torch.tensor(3.0 * 2.8 * 3.1, dtype=torch.float64))
     assert float(heights[2]) == pytest.approx(3.1)  # c's height above the ab plane is cz
+
+
+def test_scaling_benchmark_baseline_runs_and_agrees():
+    """benchmarks/liquid_scaling.py times the cell list against all pairs; its own check is that both
+    find the same pairs. Run here so that the benchmark cannot rot unnoticed."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import liquid_scaling
+    finally:
+        sys.path.pop(0)
+    timing = liquid_scaling.neighbor_search_ms(1000, 0.8, repeats=1)
+    assert timing["pairs"] > 10000  # ~14 neighbors per bead at the liquid's density
