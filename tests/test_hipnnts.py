@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from openmm_cg.nn.hipnnts import HipNNTS, HipNNTSConfig
+from openmm_cg.nn.hipnnts import HipNNTS, HipNNTSConfig, angular_factors
 
 TYPES = torch.tensor([0, 1, 0, 1, 1, 0])
 PAIRS = torch.triu_indices(6, 6, 1).T
@@ -98,7 +98,7 @@ def test_matches_hippynn_reference_layers():
     r = torch.linalg.vector_norm(vectors, dim=-1)
     z = one_hot.unsqueeze(0)
     for block, layer_features in zip(ours.blocks, expected):
-        z, _ = block(z, r, vectors / r.unsqueeze(-1), PAIRS, 4)  # blocks of 4 pairs
+        z, _ = block(z, r, angular_factors(vectors / r.unsqueeze(-1), 2), PAIRS, 4)  # blocks of 4 pairs
         # Same equations, different summation order: agreement to ~1e-11 (float64).
         torch.testing.assert_close(z[0], layer_features, rtol=1e-8, atol=1e-10)
 

@@ -104,17 +104,17 @@ class TensorInteraction(nn.Module):
         n_sensitivities, n_angular = config.n_sensitivities, len(flip)
         self.environment_first = n_angular * n_sensitivities * n_in < (n_sensitivities + n_angular) * n_out
 
-    def forward(self, z: torch.Tensor, r: torch.Tensor, unit: torch.Tensor, pairs: torch.Tensor,
+    def forward(self, z: torch.Tensor, r: torch.Tensor, angular: torch.Tensor, pairs: torch.Tensor,
                 pair_block: int) -> torch.Tensor:
-        """z (B, N, F_in), r (B, P), unit r_hat_ij (B, P, 3) of pairs (P, 2) i < j -> (B, N, F_out); pairs go
-        through in blocks of ``pair_block``."""
+        """z (B, N, F_in), r (B, P) and ``angular_factors`` (B, P, C) of pairs (P, 2) i < j -> (B, N, F_out);
+        pairs go through in blocks of ``pair_block``."""
         distances = torch.split(r, pair_block, dim=1)
-        units = torch.split(unit, pair_block, dim=1)
+        angulars = torch.split(angular, pair_block, dim=1)
         # One gather per layer, split into blocks (see nn.schnet.Interaction).
         if self.environment_first:
-            env = self._environment_first(z, distances, units, pairs, pair_block)
+            env = self._environment_first(z, distances, angulars, pairs, pair_block)
         else:
-            env = self._weights_first(z, distances, units, pairs, pair_block)
+            env = self._weights_first(z, distances, angulars, pairs, pair_block)
         out = env[:, :, 0] + self.self_interaction(z)
         if self.max_l >= 1:
             vector = env[:, :, 1:4]
@@ -126,8 +126,8 @@ class TensorInteraction(nn.Module):
             out = out + torch.sqrt(norm2 + self.cusp) * self.quadrupole_scales
         return out
 
-    def _weights_first(self, z: torch.Tensor, r: List[torch.Tensor], unit: List[torch.Tensor], pairs: torch.Tensor,
-                       pair_block: int) -> torch.Tensor:
+    def _weights_first(self, z: torch.Tensor, r: List[torch.Tensor], angular: List[torch.Tensor],
+                       pairs: torch.Tensor, pair_block: int) -> torch.Tensor:
         """(B, N, C, F_out) environments from messages sum_nu s_nu W_nu z_j."""
         q = torch.einsum("bnf,vof->bnvo", z, self.weights)                      # (B, N, nu, F_out)
         from_second = torch.split(q[:, pairs[:, 1]], pair_block, dim=1)
@@ -135,16 +135,15 @@ class TensorInteraction(nn.Module):
         env = torch.zeros(z.shape[0], z.shape[1], self.reverse_sign.shape[0], q.shape[-1], dtype=z.dtype,
                           device=z.device)
         blocks = torch.split(pairs, pair_block, dim=0)
-        for block_r, block_unit, block, q_second, q_first in zip(r, unit, blocks, from_second, from_first):
+        for block_r, block_angular, block, q_second, q_first in zip(r, angular, blocks, from_second, from_first):
             s = self.sensitivity(block_r).to(z.dtype)                           # (B, block, nu)
-            angular = angular_factors(block_unit, self.max_l)                   # (B, block, C)
             to_first = torch.einsum("bpv,bpvo->bpo", s, q_second)               # messages j -> i
             to_second = torch.einsum("bpv,bpvo->bpo", s, q_first)               # messages i -> j
-            env.index_add_(1, block[:, 0], angular.unsqueeze(-1) * to_first.unsqueeze(2))
-            env.index_add_(1, block[:, 1], (angular * self.reverse_sign).unsqueeze(-1) * to_second.unsqueeze(2))
+            env.index_add_(1, block[:, 0], block_angular.unsqueeze(-1) * to_first.unsqueeze(2))
+            env.index_add_(1, block[:, 1], (block_angular * self.reverse_sign).unsqueeze(-1) * to_second.unsqueeze(2))
         return env
 
-    def _environment_first(self, z: torch.Tensor, r: List[torch.Tensor], unit: List[torch.Tensor],
+    def _environment_first(self, z: torch.Tensor, r: List[torch.Tensor], angular: List[torch.Tensor],
                            pairs: torch.Tensor, pair_block: int) -> torch.Tensor:
         """(B, N, C, F_out) environments as sum_nu,f W_nu (sum_j s_nu a_c z_j)."""
         n_batch, n_beads, n_in = z.shape[0], z.shape[1], z.shape[2]
@@ -153,11 +152,11 @@ class TensorInteraction(nn.Module):
         from_first = torch.split(z[:, pairs[:, 0]], pair_block, dim=1)
         env = torch.zeros(n_batch, n_beads, n_angular * n_sens, n_in, dtype=z.dtype, device=z.device)
         blocks = torch.split(pairs, pair_block, dim=0)
-        for block_r, block_unit, block, z_second, z_first in zip(r, unit, blocks, from_second, from_first):
+        for block_r, block_angular, block, z_second, z_first in zip(r, angular, blocks, from_second, from_first):
             s = self.sensitivity(block_r).to(z.dtype).unsqueeze(2)              # (B, block, 1, nu)
-            angular = angular_factors(block_unit, self.max_l).unsqueeze(-1)     # (B, block, C, 1)
-            to_first = (angular * s).reshape(n_batch, block.shape[0], -1, 1)    # (B, block, C*nu, 1)
-            to_second = (angular * self.reverse_sign.unsqueeze(-1) * s).reshape(n_batch, block.shape[0], -1, 1)
+            a = block_angular.unsqueeze(-1)                                     # (B, block, C, 1)
+            to_first = (a * s).reshape(n_batch, block.shape[0], -1, 1)          # (B, block, C*nu, 1)
+            to_second = (a * self.reverse_sign.unsqueeze(-1) * s).reshape(n_batch, block.shape[0], -1, 1)
             env.index_add_(1, block[:, 0], to_first * z_second.unsqueeze(2))
             env.index_add_(1, block[:, 1], to_second * z_first.unsqueeze(2))
         env = env.reshape(n_batch, n_beads, n_angular, n_sens, n_in)
@@ -177,8 +176,8 @@ class HipBlock(nn.Module):
         self.act = activation(config.activation)
         self.readout = nn.Linear(config.n_features, n_outputs)
 
-    def forward(self, z: torch.Tensor, r: torch.Tensor, unit: torch.Tensor, pairs: torch.Tensor, pair_block: int):
-        z = self.act(self.interaction(z, r, unit, pairs, pair_block))
+    def forward(self, z: torch.Tensor, r: torch.Tensor, angular: torch.Tensor, pairs: torch.Tensor, pair_block: int):
+        z = self.act(self.interaction(z, r, angular, pairs, pair_block))
         for layer in self.atom_layers:
             z = self.act(layer(z))
         return z, self.readout(z)
@@ -194,6 +193,7 @@ class HipNNTS(nn.Module):
         if config.cutoff_form not in ("quintic", "cos2"):
             raise ValueError("cutoff_form must be 'quintic' or 'cos2'")
         self.n_types = n_types
+        self.max_l = config.max_l
         self.pair_block = PAIR_BLOCK
         sizes = [n_types] + [config.n_features] * config.n_interactions
         self.n_outputs = n_outputs
@@ -215,11 +215,12 @@ class HipNNTS(nn.Module):
     def bead_outputs(self, vectors: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
         """(batch, beads, n_outputs) energy channels (kJ/mol); several channels serve state-dependent models."""
         r = torch.linalg.vector_norm(vectors, dim=-1)
-        unit = vectors / r.unsqueeze(-1)
+        # The angular factors are the same for every layer: computed once.
+        angular = angular_factors(vectors / r.unsqueeze(-1), self.max_l)
         z = nn.functional.one_hot(types, self.n_types).to(vectors.dtype).unsqueeze(0).expand(vectors.shape[0], -1, -1)
         total = torch.zeros(vectors.shape[0], types.shape[0], self.n_outputs, dtype=vectors.dtype, device=vectors.device)
         for block in self.blocks:
             # Pairs go through each layer in blocks, as in CGSchNet (nn.schnet.PAIR_BLOCK explains why).
-            z, energy = block(z, r, unit, pairs, self.pair_block)
+            z, energy = block(z, r, angular, pairs, self.pair_block)
             total = total + energy
         return self.energy_scale * total
