@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="Machine-learned coarse-grained potentials (CGSchNet, force matching) for OpenMM",
     packages=find_packages(include=["openmm_cg", "openmm_cg.*"]),
-    package_data={"openmm_cg": ["configs/*.yaml"]},
+    package_data={"openmm_cg": ["configs/*.yaml", "models/*.json", "models/*.md", "models/*.pt"]},
     python_requires=">=3.10",
     install_requires=[
         # openmmtorch 1.5 is compiled against torch 2.9.x: any other torch fails to load it.
@@ -23,7 +23,9 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.60",
     ],
-    # hippynn: the reference HIP-NN-TS implementation, compared against ours in the tests.
-    extras_require={"test": ["pytest>=7", "hippynn==0.1.3"]},
+    # hippynn: the reference HIP-NN-TS implementation, compared against ours in the tests; wheel: the test that
+    # builds the wheel and checks that the shipped models are in it.
+    extras_require={"test": ["pytest>=7", "hippynn==0.1.3", "wheel"]},
+    # Model kinds of other packages join the registry (openmm_cg.nn.kinds) through the group "openmm_cg.model_kinds".
     entry_points={"console_scripts": ["openmm-cg=openmm_cg.cli:main"]},
 )

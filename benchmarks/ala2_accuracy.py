@@ -34,11 +34,10 @@ def main():
     args = parser.parse_args()
 
     from openmm_cg.analysis.report import analyze_ramachandran
-    from openmm_cg.cli import initial_positions
     from openmm_cg.data.datasets import CGDataset
     from openmm_cg.machine import machine_info
     from openmm_cg.simulation.potential import CGPotential
-    from openmm_cg.simulation.run import SimulationConfig, run_simulation
+    from openmm_cg.simulation.run import SimulationConfig, initial_positions, run_simulation
 
     work = Path(args.work)
     potential = CGPotential.load(args.model)

@@ -1,6 +1,6 @@
 """Speed of the alanine dipeptide CG model, measured in one run on this machine.
 
-    python benchmarks/ala2_speed.py --model models/alanine_dipeptide_cgschnet.pt
+    python benchmarks/ala2_speed.py --model openmm_cg/models/alanine_dipeptide_cgschnet.pt
 
 Writes benchmarks/results/ala2_speed.json. Every comparison is a ratio of timings taken in the same
 run, alternated over several rounds (medians), because shared machines are noisy:

@@ -62,7 +62,8 @@ def network_config(args):
 
 
 def build_model(path: Path, args, pair_block: int, weights_first: bool = False):
-    from openmm_cg.export import export_model, model_metadata
+    from openmm_cg.export import save_model
+    from openmm_cg.nn.kinds import potential_metadata
     from openmm_cg.nn.periodic import PeriodicCGPotentialModule
     from openmm_cg.priors.pair import PairPriorParameters
 
@@ -76,7 +77,7 @@ def build_model(path: Path, args, pair_block: int, weights_first: bool = False):
     bead = {"bead_names": ["MOH"], "bead_types": [0], "type_names": ["MOH"], "masses_amu": [32.042],
             "cg_topology": {"chains": [{"id": "A", "residues": [{"name": "MOH", "id": "1", "atoms": [
                 {"name": "MOH", "element": None}]}]}], "bonds": []}}
-    return export_model(module, model_metadata(module, bead, prior, config, [300.0], "untrained"), path)
+    return save_model(module, potential_metadata(module, bead, [300.0], "untrained"), path)
 
 
 def ms_per_step(potential, n_beads: int, n_steps: int, threads: int) -> float:

@@ -70,7 +70,8 @@ def dataset_path(work: Path, temperature: float) -> Path:
 
 
 def stage_reference(work: Path, temperatures, frames_per_seed, npt_steps, workers):
-    from openmm_cg.data.reference import ReferenceConfig, generate_reference
+    from openmm_cg.data.reference import ReferenceConfig
+    from openmm_cg.workflows import reference
 
     for temperature in temperatures:
         config = ReferenceConfig(**yaml.safe_load((CONFIGS / "methanol_reference.yaml").read_text()))
@@ -79,23 +80,16 @@ def stage_reference(work: Path, temperatures, frames_per_seed, npt_steps, worker
             config.frames_per_seed = frames_per_seed
         if npt_steps:
             config.npt_equilibration_steps = npt_steps
-        generate_reference(config, work / "reference" / f"T{temperature:g}", n_workers=workers)
+        reference(config, work / "reference" / f"T{temperature:g}", workers=workers)
 
 
 def stage_datasets(work: Path, temperatures):
-    from openmm_cg.data.datasets import build_cg_dataset, load_references
-    from openmm_cg.data.reference import ReferenceConfig, build_system
-    from openmm_cg.mapping.cgmap import mapping_from_spec
+    from openmm_cg.workflows import map_reference
 
     for temperature in temperatures:
         path = dataset_path(work, temperature)
-        if path.exists():
-            continue
-        references = load_references(directory=work / "reference" / f"T{temperature:g}")
-        mapping = mapping_from_spec(references[0].topology, "molecule_com")
-        config = ReferenceConfig(**json.loads((work / "reference" / f"T{temperature:g}" / "reference_config.json").read_text()))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        build_cg_dataset(references, mapping, system=build_system(config)[0]).save(path)
+        if not path.exists():
+            map_reference(work / "reference" / f"T{temperature:g}", "molecule_com", path)
 
 
 def observables(positions_nm, boxes_nm, frame_interval_ps, rdf_range_nm, rdf_bins, msd_lag_ps) -> dict:
@@ -149,10 +143,9 @@ def stage_reference_observables(work: Path, temperatures, args) -> dict:
 
 
 def stage_models(work: Path, specs, args) -> dict:
-    from openmm_cg.classical.pair_force_matching import export_pair_table, fit_pair_force_matching
     from openmm_cg.data.datasets import CGDataset, trajectory_split
     from openmm_cg.training.config import config_from_dict
-    from openmm_cg.training.train import export_run, train
+    from openmm_cg.workflows import export_run, fit_pair_table, train
 
     models = {}
     for spec in specs:
@@ -166,7 +159,7 @@ def stage_models(work: Path, specs, args) -> dict:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fitted_on = dataset.select_trajectories(train_ids)
-                export_pair_table(fit_pair_force_matching(fitted_on, args.cutoff_nm), fitted_on, path)
+                fit_pair_table(fitted_on, args.cutoff_nm, path)
             write_pair_summary(work, spec.name, path, dataset, validation_ids,
                                settings["data"]["validation_frame_stride"])
             continue
@@ -198,13 +191,13 @@ def write_pair_summary(work: Path, name: str, path: Path, dataset, validation_id
     them, so that the table compares force matching of the pair table and the networks on the same frames."""
     import torch
 
-    from openmm_cg.export import batch_energy_function
+    from openmm_cg.export import potential_energy_function
 
     out = work / "train" / name / "summary.json"
     if out.exists():
         return
     frames = np.flatnonzero(np.isin(dataset.trajectory_index, validation_ids))[::frame_stride]
-    energy = batch_energy_function(path, dataset.temperature_K)
+    energy = potential_energy_function(path, dataset.temperature_K)
     squared, count = 0.0, 0
     for chunk in np.array_split(frames, max(1, len(frames) // 32)):
         x = torch.tensor(dataset.positions_nm[chunk], dtype=torch.float64, requires_grad=True)
@@ -219,7 +212,7 @@ def write_pair_summary(work: Path, name: str, path: Path, dataset, validation_id
 def stage_volume_terms(work: Path, specs, args) -> dict:
     """{name: model with its volume potential} for the models in ``args.volume_models`` (default: all)."""
     from openmm_cg.data.datasets import CGDataset
-    from openmm_cg.training.pressure_matching import PressureMatchingConfig, pressure_match
+    from openmm_cg.workflows import PressureMatchingConfig, pressure_match
 
     config = PressureMatchingConfig(steps=args.pressure_steps, timestep_fs=args.cg_timestep_fs,
                                     skip_ps=args.pressure_skip_ps, threads=args.threads, seed=args.seed)
@@ -336,9 +329,9 @@ def main():
 
     from openmm_cg.analysis.liquid import RDF, block_mean_and_error, rdf_error, virial_pressure_bar
     from openmm_cg.data.datasets import CGDataset
-    from openmm_cg.export import batch_energy_function
+    from openmm_cg.export import potential_energy_function
     from openmm_cg.machine import machine_info
-    from openmm_cg.simulation.run import load_run_frames
+    from openmm_cg.simulation.trajectory import load_run_frames
     from openmm_cg.units import density_g_per_mL
 
     work = Path(args.work)
@@ -405,7 +398,7 @@ def main():
             for key, path in (("without_volume_term", models[spec.name]), ("with_volume_term", volume_models.get(spec.name))):
                 if path is None:
                     continue
-                pressure = virial_pressure_bar(batch_energy_function(path, temperature), x[frames], boxes[frames],
+                pressure = virial_pressure_bar(potential_energy_function(path, temperature), x[frames], boxes[frames],
                                                temperature)
                 row.setdefault(key, {}).update({
                     "nvt_pressure_bar": float(pressure.mean()),

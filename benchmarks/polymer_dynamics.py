@@ -60,7 +60,8 @@ def stage_cg_data(work: Path, reference_paths, particles_per_bead: int):
 
 
 def stage_train(work: Path, args) -> dict:
-    from openmm_cg.dynamics.train import load_dynamics_config, train_dynamics
+    from openmm_cg.dynamics.train import load_dynamics_config
+    from openmm_cg.workflows import train_propagator
 
     out = work / "dynamics"
     if (out / "dynamics.pt").exists() and (out / "summary.json").exists():
@@ -73,7 +74,7 @@ def stage_train(work: Path, args) -> dict:
     if args.stride_frames:
         overrides["stride_frames"] = args.stride_frames
     config = load_dynamics_config(CONFIGS / "polymer_dynamics.yaml", **overrides)
-    return train_dynamics(config, resume=(out / "checkpoints" / "last.ckpt").exists())
+    return train_propagator(config, resume=(out / "checkpoints" / "last.ckpt").exists())
 
 
 def stage_chain_tables(work: Path, data, summary: dict) -> Path:
@@ -98,8 +99,7 @@ def collision_threshold_nm(chains) -> float:
 
 
 def stage_rollouts(work: Path, data, summary: dict, args) -> dict:
-    from openmm_cg.dynamics.rollout import RolloutConfig, history_from_frames, rollout
-    from openmm_cg.dynamics.train import load_dynamics
+    from openmm_cg.dynamics.rollout import RolloutConfig, history_from_frames, load_dynamics, rollout
 
     _, metadata = load_dynamics(work / "dynamics" / "dynamics.pt")
     test = [data.chains[i] for i in summary["test_chains"]] * args.replicas  # replica r of chain k: r * n_test + k
@@ -126,11 +126,10 @@ def learned_speed(work: Path, data, summary: dict, refinement: str, steps: int) 
     (every test chain x replicas), timed here, next to the MD timing, without file output."""
     import torch
 
-    from openmm_cg.classical.chain_force_matching import ChainForceTables, OpenMMRelaxer
+    from openmm_cg.classical.chain_force_matching import ChainForceTables
     from openmm_cg.dynamics.chains import build_chain_batch
-    from openmm_cg.dynamics.propagator import Propagator, RolloutChecks, score_refiner
-    from openmm_cg.dynamics.rollout import history_from_frames
-    from openmm_cg.dynamics.train import load_dynamics, load_score
+    from openmm_cg.dynamics.propagator import OpenMMRelaxer, Propagator, RolloutChecks, score_refiner
+    from openmm_cg.dynamics.rollout import history_from_frames, load_dynamics, load_score
 
     model, metadata = load_dynamics(work / "dynamics" / "dynamics.pt")
     test = [data.chains[i] for i in summary["test_chains"]] * summary["replicas"]
@@ -179,8 +178,8 @@ def chain_observables(trajectories, masses, interval_ps: float, max_lag_ps: floa
     """Observables of one chain from one or more independent trajectories (frames, beads, 3): the mean Rg
     over all frames, the Rg^2 autocorrelation averaged over trajectories, the mean diffusion coefficients of
     the centre of mass and of the beads (their MSD, centre-of-mass motion included)."""
-    from openmm_cg.analysis.liquid import self_diffusion_nm2_per_ps
-    from openmm_cg.analysis.polymer import (autocorrelation, bead_msd_nm2, chain_diffusion_nm2_per_ps, contact_map,
+    from openmm_cg.analysis.liquid import msd_nm2, self_diffusion_nm2_per_ps
+    from openmm_cg.analysis.polymer import (autocorrelation, chain_diffusion_nm2_per_ps, contact_map,
                                             radius_of_gyration_nm, relaxation_time_ps)
 
     rgs = [radius_of_gyration_nm(x, masses) for x in trajectories]
@@ -194,7 +193,7 @@ def chain_observables(trajectories, masses, interval_ps: float, max_lag_ps: floa
                                                                               max(5, len(x) // 10))
                                                    for x in trajectories])),
             "bead_diffusion_nm2_per_ps": float(np.mean([self_diffusion_nm2_per_ps(
-                bead_msd_nm2(x, max(5, len(x) // 10)), interval_ps) for x in trajectories])),
+                msd_nm2(x, max(5, len(x) // 10)), interval_ps) for x in trajectories])),
             "contact_map": contacts.tolist(), "rg_nm_series": rgs[0].tolist(), "rg_nm_all": np.concatenate(rgs)}
 
 
@@ -227,9 +226,9 @@ def main():
     import torch
 
     from openmm_cg.analysis.polymer import distribution_overlap
-    from openmm_cg.dynamics.train import load_dynamics
+    from openmm_cg.dynamics.rollout import load_dynamics
     from openmm_cg.machine import machine_info
-    from openmm_cg.simulation.run import load_run_frames
+    from openmm_cg.simulation.trajectory import load_run_frames
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

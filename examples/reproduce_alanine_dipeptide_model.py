@@ -1,4 +1,4 @@
-"""Reproduce models/alanine_dipeptide_cgschnet.pt from nothing: one command, resumable.
+"""Reproduce openmm_cg/models/alanine_dipeptide_cgschnet.pt from nothing: one command, resumable.
 
     python examples/reproduce_alanine_dipeptide_model.py --work runs/ala2
 
@@ -11,11 +11,9 @@ from pathlib import Path
 
 import yaml
 
-from openmm_cg.data.datasets import build_cg_dataset, load_references
-from openmm_cg.data.reference import ReferenceConfig, build_system, generate_reference
-from openmm_cg.mapping.cgmap import mapping_from_spec
+from openmm_cg.data.reference import ReferenceConfig
 from openmm_cg.training.config import load_config
-from openmm_cg.training.train import export_run, train
+from openmm_cg.workflows import export_run, map_reference, reference, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "openmm_cg" / "configs"
 
@@ -23,23 +21,21 @@ CONFIGS = Path(__file__).resolve().parents[1] / "openmm_cg" / "configs"
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/ala2", help="folder for reference data, dataset and training")
-    parser.add_argument("--out", default="models/alanine_dipeptide_cgschnet.pt")
+    parser.add_argument("--out", default="openmm_cg/models/alanine_dipeptide_cgschnet.pt")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--frames-per-seed", type=int, default=None, help="override (for a quick smoke run)")
     parser.add_argument("--max-epochs", type=int, default=None, help="override (for a quick smoke run)")
     args = parser.parse_args()
     work = Path(args.work)
 
-    reference = ReferenceConfig(**yaml.safe_load((CONFIGS / "alanine_dipeptide_reference.yaml").read_text()))
+    reference_config = ReferenceConfig(**yaml.safe_load((CONFIGS / "alanine_dipeptide_reference.yaml").read_text()))
     if args.frames_per_seed:
-        reference.frames_per_seed = args.frames_per_seed
-    generate_reference(reference, work / "reference", n_workers=args.workers)
+        reference_config.frames_per_seed = args.frames_per_seed
+    reference(reference_config, work / "reference", workers=args.workers)
 
     dataset_path = work / "cg_dataset.h5"
     if not dataset_path.exists():
-        references = load_references(directory=work / "reference")
-        mapping = mapping_from_spec(references[0].topology, "alanine_dipeptide")
-        build_cg_dataset(references, mapping, system=build_system(reference)[0]).save(dataset_path)
+        map_reference(work / "reference", "alanine_dipeptide", dataset_path)
 
     config = load_config(CONFIGS / "alanine_dipeptide_cgschnet.yaml")
     config.data.dataset, config.output = str(dataset_path), str(work / "train")

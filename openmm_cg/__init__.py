@@ -2,8 +2,7 @@
 
 Importing this package imports torch before OpenMM, which openmm-torch's plugin needs.
 """
-__version__ = "0.1.0"
-
+from ._version import __version__  # noqa: F401
 from . import _runtime  # noqa: E402,F401  (import-order fix for the TorchForce plugin)
 from .simulation.potential import CGPotential  # noqa: E402
 

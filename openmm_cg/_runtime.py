@@ -52,3 +52,20 @@ def best_platform_name() -> str:
         if name in names:
             return name
     raise RuntimeError("OpenMM has no usable platform")
+
+
+def langevin_integrator(temperature_K: float, friction_per_ps: float, timestep_ps: float, seed: int):
+    """OpenMM's LangevinMiddleIntegrator in the package's units, seeded reproducibly (OpenMM reads a seed of 0 as
+    "pick one at random", so seed s is passed as s + 1)."""
+    from openmm import unit
+
+    integrator = openmm.LangevinMiddleIntegrator(temperature_K * unit.kelvin, friction_per_ps / unit.picosecond,
+                                                 timestep_ps * unit.picosecond)
+    integrator.setRandomNumberSeed(int(seed) + 1)
+    return integrator
+
+
+def platform(name=None, threads=None):
+    """(Platform, properties): ``name`` or the fastest present; ``threads`` applies to the CPU platform."""
+    name = name or best_platform_name()
+    return openmm.Platform.getPlatformByName(name), ({"Threads": str(threads)} if threads and name == "CPU" else {})

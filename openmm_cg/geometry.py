@@ -1,9 +1,10 @@
-"""Internal coordinates of batched configurations, TorchScript-compatible.
+"""Internal coordinates of batched configurations and the smooth distance switch, TorchScript-compatible.
 
 Conventions match OpenMM and mdtraj: angles in [0, pi], dihedrals in (-pi, pi] with the IUPAC sign.
 All functions take positions of shape (batch, beads, 3) and integer index tensors.
 """
 import torch
+from torch import nn
 
 
 def distances(positions: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
@@ -33,3 +34,15 @@ def dihedrals(positions: torch.Tensor, quads: torch.Tensor) -> torch.Tensor:
     y = (b2_norm * b1 * n2).sum(-1)
     x = (n1 * n2).sum(-1)
     return torch.atan2(y, x)
+
+
+class SmoothCutoff(nn.Module):
+    """1 - 10x^3 + 15x^4 - 6x^5 for x = r/cutoff < 1, else 0: value, slope and curvature vanish at the cutoff."""
+
+    def __init__(self, cutoff_nm: float):
+        super().__init__()
+        self.cutoff_nm = cutoff_nm
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        x = torch.clamp(r / self.cutoff_nm, 0.0, 1.0)
+        return 1.0 - x ** 3 * (10.0 - 15.0 * x + 6.0 * x ** 2)

@@ -20,7 +20,7 @@ def machine_info() -> dict:
         openmmtorch_version = version("openmmtorch")
     except Exception:  # not installed (e.g. the PythonForce-only GPU machine)
         openmmtorch_version = None
-    from . import __version__
+    from ._version import __version__
 
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -22,16 +22,11 @@ def ala2_reference(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ala2_dataset(ala2_reference, tmp_path_factory):
-    from openmm_cg.data.datasets import build_cg_dataset, load_references
-    from openmm_cg.data.reference import build_system
-    from openmm_cg.mapping.cgmap import mapping_from_spec
+    from openmm_cg.workflows import map_reference
 
-    directory, config = ala2_reference
-    references = load_references(directory=directory)
-    mapping = mapping_from_spec(references[0].topology, "alanine_dipeptide")
-    dataset = build_cg_dataset(references, mapping, system=build_system(config)[0])
-    path = dataset.save(tmp_path_factory.mktemp("cg") / "cg.h5")
-    return path, dataset
+    directory, _ = ala2_reference
+    path = tmp_path_factory.mktemp("cg") / "cg.h5"
+    return path, map_reference(directory, "alanine_dipeptide", path)
 
 
 @pytest.fixture(scope="session")
@@ -57,14 +52,14 @@ def ala2_module(ala2_dataset):
 @pytest.fixture(scope="session")
 def ala2_exported(ala2_module, ala2_dataset, tmp_path_factory):
     """The module exported in float64 and float32: {dtype: path}."""
-    from openmm_cg.export import export_model, model_metadata
+    from openmm_cg.export import save_model
+    from openmm_cg.nn.kinds import potential_metadata
 
     module, params, config = ala2_module
     _, dataset = ala2_dataset
-    metadata = model_metadata(module, dataset.mapping.to_dict(), params, config, [dataset.temperature_K],
-                              dataset.data_hash())
+    metadata = potential_metadata(module, dataset.mapping.to_dict(), [dataset.temperature_K], dataset.data_hash())
     out = tmp_path_factory.mktemp("models")
-    return {dtype: export_model(module, metadata, out / f"ala2_{dtype}.pt", dtype=dtype)
+    return {dtype: save_model(module, metadata, out / f"ala2_{dtype}.pt", dtype=dtype)
             for dtype in ("float64", "float32")}
 
 

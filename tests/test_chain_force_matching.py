@@ -3,9 +3,9 @@ forces, the TorchScript potential in OpenMM, and the relaxation step."""
 import numpy as np
 import torch
 
-from openmm_cg.classical.chain_force_matching import (ChainForceTables, ChainPairPotential, OpenMMRelaxation,
-                                                      OpenMMRelaxer, fit_chain_force_tables)
+from openmm_cg.classical.chain_force_matching import ChainForceTables, fit_chain_force_tables
 from openmm_cg.dynamics.data import ChainData
+from openmm_cg.dynamics.propagator import OpenMMRelaxation, OpenMMRelaxer
 
 
 def true_pair_energy(r, separation):
@@ -44,10 +44,10 @@ def test_tables_recover_known_pair_forces_and_run_in_openmm():
                                 f.astype(np.float32), np.full(n, 400.0)))
     tables = fit_chain_force_tables(chains, 300.0, max_separation=3, cutoff_nm=2.0, n_knots=40)
     assert ChainForceTables.from_dict(tables.to_dict()) == tables
-    module = ChainPairPotential(tables, [7])
+    module = tables.potential([7])
     for separation, r in ((1, np.linspace(0.56, 0.64, 9)), (2, np.linspace(0.9, 1.1, 9)), (3, np.linspace(0.8, 1.6, 9))):
         rr = torch.tensor(r, requires_grad=True)
-        (fitted,) = torch.autograd.grad(module.pair_energy(rr, torch.full((len(r),), separation - 1)).sum(), rr)
+        (fitted,) = torch.autograd.grad(module.table(rr, torch.full((len(r),), separation - 1)).sum(), rr)
         (exact,) = torch.autograd.grad(true_pair_energy(rr, separation).sum(), rr)
         scale = float(exact.abs().max())
         np.testing.assert_allclose(-fitted.numpy(), -exact.numpy(), atol=0.05 * scale, err_msg=f"separation {separation}")
@@ -87,7 +87,7 @@ def test_relaxation_separates_overlapping_beads():
         positions_nm = frame.clone()
         step_ps = 5.0
 
-    refine = OpenMMRelaxer(tables, np.full(6, 400.0), [6], 300.0, OpenMMRelaxation(steps=20), platform="Reference")
+    refine = OpenMMRelaxer(tables, np.full(6, 400.0), [6], 300.0, OpenMMRelaxation(steps=20), platform_name="Reference")
     relaxed = refine(frame, Stub())
     assert float(torch.linalg.vector_norm(relaxed[4] - relaxed[1])) > 0.2  # from 0.05 nm; measured 0.25
     before = torch.linalg.vector_norm(frame[1:] - frame[:-1], dim=1)
@@ -110,7 +110,7 @@ def test_propagator_with_openmm_relaxation_resumes_bit_identically(tmp_path):
 
     def propagator():
         relaxer = OpenMMRelaxer(tables, np.full(chains.n_beads, 400.0), chains.bead_counts, 300.0,
-                                OpenMMRelaxation(steps=5), seed=7, platform="Reference")
+                                OpenMMRelaxation(steps=5), seed=7, platform_name="Reference")
         return Propagator(model, chains, history, 3, refine=relaxer)
 
     first = propagator()
@@ -122,6 +122,6 @@ def test_propagator_with_openmm_relaxation_resumes_bit_identically(tmp_path):
     for frame in expected:
         assert torch.equal(resumed.step(), frame)
     fresh = propagator()  # without the relaxer's saved random state the continuation differs
-    fresh.load_state({key: value for key, value in torch.load(tmp_path / "state.pt", weights_only=False).items()
+    fresh.load_state({key: value for key, value in torch.load(tmp_path / "state.pt", weights_only=True).items()
                       if key != "refine_state"})
     assert not torch.equal(fresh.step(), expected[0])

@@ -29,7 +29,7 @@ def test_simulate_then_analyze(ala2_exported, ala2_dataset, tmp_path, capsys):
     # Running the same analysis again refuses to overwrite its results.
     assert main(["analyze", "--reference", str(dataset_path), "--cg", str(tmp_path / "sim"),
                  "--out", str(tmp_path / "analysis")]) == 2
-    assert "already holds results" in capsys.readouterr().err
+    assert "already holds an earlier analysis run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -9,7 +9,7 @@ from openmm_cg.dynamics.chains import build_chain_batch
 from openmm_cg.dynamics.clustering import cluster_bond_graph
 from openmm_cg.dynamics.model import CGDynamics, DynamicsConfig, ScoreNetwork
 from openmm_cg.dynamics.propagator import Propagator, RolloutChecks, score_refiner
-from openmm_cg.errors import InputError, RolloutStopped
+from openmm_cg.errors import InputError, ModelFileError, RolloutStopped
 
 TYPES = ["A", "B", "C"]
 SEQUENCES = ["ABCABCABCAB", "CCCAAABBBCCCA", "ABBA" * 4]
@@ -136,26 +136,25 @@ def test_pair_layer_equals_the_linear_layer_on_concatenated_pair_features():
 
 
 def test_rescript_rebuilds_the_same_exported_model(tmp_path):
-    from openmm_cg.dynamics.train import DYNAMICS_KIND, load_dynamics, rescript
-    from openmm_cg.export import save_scripted
+    from openmm_cg.dynamics.model import DYNAMICS_KIND
+    from openmm_cg.dynamics.rollout import load_dynamics
+    from openmm_cg.export import rescript, save_model
 
     model = random_model()
     batch = build_chain_batch(SEQUENCES, TYPES, 4)
     history = initial_history(batch, SMALL.history)
     metadata = {"kind": DYNAMICS_KIND, "step_ps": 10.0, "monomer_types": TYPES, "model_config": asdict(SMALL)}
-    path = save_scripted(model, metadata, tmp_path / "dynamics.pt", "float64")
+    path = save_model(model, metadata, tmp_path / "dynamics.pt", "float64")
     before = load_dynamics(path)[0]
-    rescript(path)
+    rescript(path, kind=DYNAMICS_KIND)
     after, metadata_after = load_dynamics(path)
     assert metadata_after["step_ps"] == 10.0 and metadata_after["dtype"] == "float64"
     embedding = before.bead_embedding(batch.monomer_types, batch.fine_edges, batch.assignment, batch.n_beads)
     for got, want in zip(after.delta_distribution(history, embedding, batch.pairs, batch.bonded),
                          before.delta_distribution(history, embedding, batch.pairs, batch.bonded)):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    (tmp_path / "other.json").write_text('{"kind": "openmm-cg potential"}')
-    (tmp_path / "other.pt").write_bytes(path.read_bytes())
-    with pytest.raises(InputError, match="not an openmm-cg dynamics or score model"):
-        rescript(tmp_path / "other.pt")
+    with pytest.raises(ModelFileError, match="not an openmm-cg potential"):
+        rescript(path)
 
 
 def test_mean_rotates_with_the_chain_and_ignores_translations():
@@ -250,7 +249,9 @@ def test_training_recovers_a_known_stochastic_propagator(tmp_path):
     """Synthetic chains whose beads follow delta = -0.5 v dt + N(0, 0.02 nm): maximum likelihood must
     find that mean and that spread, and the exported model must drive a rollout."""
     from openmm_cg.dynamics.data import ChainData, PolymerCGData
-    from openmm_cg.dynamics.train import DynamicsTrainConfig, check_step_size, load_dynamics, train_dynamics
+    from openmm_cg.dynamics.rollout import check_step_size, load_dynamics
+    from openmm_cg.dynamics.train import DynamicsTrainConfig
+    from openmm_cg.workflows import train_propagator
 
     rng = np.random.default_rng(0)
     chains = []
@@ -270,7 +271,7 @@ def test_training_recovers_a_known_stochastic_propagator(tmp_path):
                                  model=DynamicsConfig(history=3, n_features=16, n_fine_layers=1, n_layers=1, n_rbf=8),
                                  input_noise_nm=0.0, windows_per_batch=16, windows_per_epoch=1024,
                                  validation_windows=256, max_epochs=5, learning_rate=3e-3)
-    summary = train_dynamics(config, progress=False)
+    summary = train_propagator(config, progress=False)
     model, metadata = load_dynamics(tmp_path / "run" / "dynamics.pt")
     assert metadata["step_ps"] == 2.0 and metadata["history"] == 3 and metadata["particles_per_bead"] == 4
     test = [chains[i] for i in summary["test_chains"]]
@@ -295,15 +296,15 @@ def test_training_recovers_a_known_stochastic_propagator(tmp_path):
 def test_rollout_writes_trajectories_and_resumes_identically(tmp_path, fmt):
     import mdtraj
 
+    from openmm_cg.dynamics.model import DYNAMICS_KIND
     from openmm_cg.dynamics.rollout import RolloutConfig, rollout
-    from openmm_cg.dynamics.train import DYNAMICS_KIND
-    from openmm_cg.export import save_scripted
-    from openmm_cg.simulation.run import load_run_frames
+    from openmm_cg.export import save_model
+    from openmm_cg.simulation.trajectory import load_run_frames
 
     model = random_model()
     metadata = {"kind": DYNAMICS_KIND, "format_version": 1, "step_ps": 10.0, "history": SMALL.history,
                 "particles_per_bead": 4, "monomer_types": TYPES, "cutoff_nm": SMALL.cutoff_nm}
-    path = save_scripted(model, metadata, tmp_path / "dynamics.pt", "float64")
+    path = save_model(model, metadata, tmp_path / "dynamics.pt", "float64")
     batch = build_chain_batch(SEQUENCES, TYPES, 4)
     history = initial_history(batch, SMALL.history).numpy()
     config = RolloutConfig(steps=12, seed=5, report_interval=2, checkpoint_interval=4, format=fmt, collision_nm=0.0)

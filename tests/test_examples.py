@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "models" / "alanine_dipeptide_cgschnet.pt"
+SHIPPED = ROOT / "openmm_cg" / "models" / "alanine_dipeptide_cgschnet.pt"
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="the shipped model is not in this checkout")
@@ -31,9 +31,9 @@ def test_reproduce_example_smoke(tmp_path):
 
 
 def test_demo_small_budget(tmp_path):
-    from openmm_cg.demo import run_demo
+    from openmm_cg.workflows import demo
 
-    report = run_demo(tmp_path / "report", reference_frames_per_seed=300, train_minutes=0.1, cg_replicas=2,
+    report = demo(tmp_path / "report", reference_frames_per_seed=300, train_minutes=0.1, cg_replicas=2,
                       cg_steps=500)
     for name in ("metrics.json", "fes.png", "training_curve.png", "model.pt"):
         assert (tmp_path / "report" / name).exists(), name

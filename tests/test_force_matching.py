@@ -17,7 +17,7 @@ from openmm_cg.data.datasets import CGDataset
 from openmm_cg.export import load_exported
 from openmm_cg.mapping.cgmap import build_mapping
 from openmm_cg.training.config import config_from_dict
-from openmm_cg.training.train import train
+from openmm_cg.workflows import train
 from openmm_cg.units import kT_kJ_per_mol
 
 T = 300.0

@@ -107,7 +107,8 @@ def test_exported_periodic_hipnnts_in_bare_torchforce_equals_the_module(tmp_path
     import openmm
     import openmmtorch
 
-    from openmm_cg.export import export_model, load_eager, model_metadata
+    from openmm_cg.export import load_eager, save_model
+    from openmm_cg.nn.kinds import potential_metadata
     from openmm_cg.nn.periodic import PeriodicCGPotentialModule
     from openmm_cg.priors.pair import PairPriorParameters
 
@@ -121,8 +122,7 @@ def test_exported_periodic_hipnnts_in_bare_torchforce_equals_the_module(tmp_path
             "cg_topology": {"chains": [{"id": "A", "residues": [{"name": "MOH", "id": "1",
                                                                  "atoms": [{"name": "MOH", "element": None}]}]}],
                             "bonds": []}}
-    path = export_model(module, model_metadata(module, bead, prior, config, [300.0], "test"), tmp_path / "hip.pt",
-                        dtype="float64")
+    path = save_model(module, potential_metadata(module, bead, [300.0], "test"), tmp_path / "hip.pt", dtype="float64")
     eager, metadata = load_eager(path)
     assert metadata["architecture"] == "hipnnts" and metadata["network_config"]["max_l"] == 2
 

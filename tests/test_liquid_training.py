@@ -11,7 +11,7 @@ from openmm_cg.errors import InputError
 from openmm_cg.export import load_exported
 from openmm_cg.mapping.cgmap import build_mapping, repeat_unit
 from openmm_cg.training.config import config_from_dict
-from openmm_cg.training.train import train
+from openmm_cg.workflows import train
 from openmm_cg.units import kT_kJ_per_mol
 
 T = 300.0
@@ -134,7 +134,7 @@ def test_pair_force_matching_recovers_the_known_pair_force(tmp_path):
     r = torch.linspace(0.34, 0.85, 200, dtype=torch.float64).requires_grad_(True)
     (grad,) = torch.autograd.grad(pair_energy(r).sum(), r)
     module = PeriodicTabulatedPair(table.r_first_nm, table.cutoff_nm, table.force_kJ_per_mol_nm)
-    energy = module.pair_energy(r)
+    energy = module.table(r, torch.zeros_like(r, dtype=torch.long))
     (table_grad,) = torch.autograd.grad(energy.sum(), r)
     # Exact forces: the fitted pair force is the true one wherever pairs were sampled.
     np.testing.assert_allclose(-table_grad.numpy(), -grad.numpy(), atol=0.03 * float(grad.abs().max()))
@@ -148,10 +148,10 @@ def test_pair_force_matching_recovers_the_known_pair_force(tmp_path):
     import openmm
     import openmmtorch
 
-    from openmm_cg.classical.pair_force_matching import export_pair_table
-    from openmm_cg.export import load_eager
+    from openmm_cg.classical.pair_force_matching import pair_table_model
+    from openmm_cg.export import load_eager, save_model
 
-    path = export_pair_table(table, dataset, tmp_path / "fm_pair.pt")
+    path = save_model(*pair_table_model(table, dataset), tmp_path / "fm_pair.pt", dtype="float64")
     eager, metadata = load_eager(path)
     assert metadata["architecture"] == "tabulated-pair" and metadata["periodic"]
     force = openmmtorch.TorchForce(str(path))

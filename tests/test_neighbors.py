@@ -37,11 +37,18 @@ def test_matches_all_image_search(box, cutoff):
     assert len(expected) > 100
 
 
-def test_cell_list_is_used_and_agrees_with_all_pairs():
+def test_cell_list_is_used_and_agrees_with_all_pairs(monkeypatch):
+    from openmm_cg.nn import neighbors
+
+    calls = []
+    cell_list = neighbors._cell_list_pairs
+    monkeypatch.setattr(neighbors, "_cell_list_pairs", lambda *args: calls.append(args[-1]) or cell_list(*args))
     box = torch.tensor(TRICLINIC) * 2.0  # heights ~5.5 nm: 9 cells of 0.6 nm
     positions = torch.rand(2000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) @ box
     pairs, vectors = neighbor_pairs(positions, box, 0.6)
+    assert calls == [0.6]  # the cell list served the short cutoff
     big_cutoff_pairs, big_vectors = neighbor_pairs(positions, box, 2.5)  # 2 cells: all-pairs path
+    assert calls == [0.6]
     close = torch.linalg.vector_norm(big_vectors, dim=1) < 0.6
     assert sorted(map(tuple, pairs.tolist())) == sorted(map(tuple, big_cutoff_pairs[close].tolist()))
 

@@ -139,12 +139,12 @@ METHANOL_BEAD = {
 
 
 def exported_liquid(tmp_path, n=60):
-    from openmm_cg.export import export_model, model_metadata
+    from openmm_cg.export import save_model
+    from openmm_cg.nn.kinds import potential_metadata
 
     module, x, box = liquid(n=n)
-    metadata = model_metadata(module, METHANOL_BEAD, PairPriorParameters(c=2e-5, exponent=12.0, cutoff_nm=0.8),
-                              SchNetConfig(n_features=16, n_interactions=2, n_rbf=12, cutoff_nm=1.0), [300.0], "test")
-    return export_model(module, metadata, tmp_path / "liquid.pt", dtype="float64"), module, x, box
+    metadata = potential_metadata(module, METHANOL_BEAD, [300.0], "test")
+    return save_model(module, metadata, tmp_path / "liquid.pt", dtype="float64"), module, x, box
 
 
 def test_cg_potential_periodic_system_nvt_and_npt(tmp_path):

@@ -9,7 +9,8 @@ from openmm_cg.analysis.thermo import configurational_temperature_K
 from openmm_cg.errors import InputError, OutputExistsError, SimulationBlowUpError
 from openmm_cg.export import load_eager
 from openmm_cg.simulation.potential import CGPotential
-from openmm_cg.simulation.run import SimulationConfig, load_run_frames, run_simulation
+from openmm_cg.simulation.run import SimulationConfig, run_simulation
+from openmm_cg.simulation.trajectory import load_run_frames
 
 from conftest import cg_frames
 
@@ -57,16 +58,18 @@ def test_resume_continues_and_refuses_other_settings(langevin_run, ala2_dataset,
     assert finished["steps"] == 6400 and finished["steps_per_second"] == pytest.approx(again["steps_per_second"])
     config.n_steps = 6600
     other_model = CGPotential.load(ala2_exported["float64"])
-    with pytest.raises(InputError, match="different model file"):
+    with pytest.raises(InputError, match="different model"):
         run_simulation(other_model, cg_frames(dataset, 20).reshape(-1, 3), config, out, progress=False)
     config.friction_per_ps = 1.0
-    with pytest.raises(InputError, match="different settings"):
+    with pytest.raises(InputError, match="other settings"):
         run_simulation(potential, cg_frames(dataset, 20).reshape(-1, 3), config, out, progress=False)
 
 
 def test_interrupted_run_drops_frames_after_the_checkpoint(ala2_exported, ala2_dataset, tmp_path):
-    """Frames written after the last checkpoint are removed on resume and simulated again."""
-    import json
+    """A run killed after its checkpoint at step 200 (frames up to step 400 written, progress.json behind) resumes
+    from the checkpoint: frames after it are cut and simulated again, identically, and every frame keeps its time
+    (DCD header and HDF5 times)."""
+    from openmm_cg.simulation.trajectory import frame_times_ps
 
     _, dataset = ala2_dataset
     potential = CGPotential.load(ala2_exported["float32"])
@@ -76,15 +79,22 @@ def test_interrupted_run_drops_frames_after_the_checkpoint(ala2_exported, ala2_d
         config = SimulationConfig(n_steps=400, report_interval=20, checkpoint_interval=200, platform="CPU",
                                   trajectory_format=fmt)
         run_simulation(potential, x, config, out, progress=False)
-        progress = json.loads((out / "progress.json").read_text())
-        progress.update(step=200, frames=10)  # as if the run died after its first checkpoint
-        (out / "progress.json").write_text(json.dumps(progress))
-        (out / "checkpoint.chk").unlink()
-        run_simulation(potential, x, SimulationConfig(**{**config.__dict__, "n_steps": 200}), tmp_path / f"{fmt}_ref",
+        uninterrupted = load_run_frames(out)[0]
+        times = 0.002 * 20 * np.arange(1, 21)
+        np.testing.assert_allclose(frame_times_ps(out / f"trajectory.{fmt}"), times, rtol=1e-6)
+        run_simulation(potential, x, SimulationConfig(**{**config.__dict__, "n_steps": 200}), tmp_path / f"{fmt}_200",
                        progress=False)
-        (out / "checkpoint.chk").write_bytes((tmp_path / f"{fmt}_ref" / "checkpoint.chk").read_bytes())
+        (out / "checkpoint.chk").write_bytes((tmp_path / f"{fmt}_200" / "checkpoint.chk").read_bytes())
+        # The frames the checkpoint knows of survive the cut; later ones are made again from it.
         result = run_simulation(potential, x, config, out, progress=False)
-        assert result["frames"] == 20 and len(load_run_frames(out)[0]) == 20
+        assert result["frames"] == 20 and result["steps"] == 400
+        resumed = load_run_frames(out)[0]
+        assert len(resumed) == 20
+        np.testing.assert_array_equal(resumed[:10], uninterrupted[:10])
+        np.testing.assert_allclose(resumed, uninterrupted, atol=1e-5)
+        np.testing.assert_allclose(frame_times_ps(out / f"trajectory.{fmt}"), times, rtol=1e-6)
+        log = np.loadtxt(out / "log.csv", delimiter=",", skiprows=1, usecols=(0, 1))
+        np.testing.assert_array_equal(log[:, 0], np.arange(20, 401, 20))  # one row per frame, none twice
 
 
 def test_existing_results_are_not_overwritten(ala2_exported, ala2_dataset, tmp_path):

@@ -9,7 +9,7 @@ from openmm_cg.analysis.training_curves import read_epoch_metrics
 from openmm_cg.data.datasets import trajectory_split
 from openmm_cg.errors import InputError, OutputExistsError
 from openmm_cg.training.config import config_from_dict, load_config
-from openmm_cg.training.train import export_run, train
+from openmm_cg.workflows import export_run, train
 
 
 def _config(dataset_path, output, **training):
@@ -26,7 +26,7 @@ def test_train_resume_and_export(ala2_dataset, tmp_path):
     first = train(config, progress=False)
     assert set(first["train_trajectories"]).isdisjoint(first["validation_trajectories"])
     assert first["train_frames"] + first["validation_frames"] == dataset.n_frames
-    saved = load_config(tmp_path / "run" / "config.yaml")
+    saved = load_config(tmp_path / "run" / "config.json")
     assert saved == config  # the expanded config is saved next to the outputs
     for name in ("priors.json", "summary.json", "model.pt", "checkpoints/last.ckpt"):
         assert (tmp_path / "run" / name).exists(), name
@@ -46,7 +46,7 @@ def test_train_resume_and_export(ala2_dataset, tmp_path):
     changed = _config(path, tmp_path / "run")
     changed.training.max_epochs = 3
     changed.model.cgschnet.n_features = 32
-    with pytest.raises(InputError, match="different config"):
+    with pytest.raises(InputError, match="other settings"):
         train(changed, resume=True, progress=False)
     exported = export_run(tmp_path / "run", tmp_path / "again.pt", dtype="float64")
     assert json.loads(exported.with_suffix(".json").read_text())["dtype"] == "float64"

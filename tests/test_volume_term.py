@@ -92,17 +92,18 @@ def ideal_gas_dataset(n, volume_nm3, volume_std_nm3):
 def test_pressure_matched_ideal_gas_samples_the_exact_isobaric_volumes(tmp_path):
     """An ideal gas has P = N kT / V exactly (no virial, no noise), so the fit is deterministic; the target
     (2 nm^3 at 1 bar, bulk modulus 3000 bar) is far from the ideal gas's own 1 bar volume (~660 nm^3)."""
-    from openmm_cg.classical.pair_force_matching import PairForceTable, export_pair_table
-    from openmm_cg.export import read_metadata
+    from openmm_cg.classical.pair_force_matching import PairForceTable, pair_table_model
+    from openmm_cg.export import read_metadata, save_model
     from openmm_cg.simulation.potential import CGPotential
     from openmm_cg.simulation.run import SimulationConfig, run_simulation
-    from openmm_cg.training.pressure_matching import PressureMatchingConfig, pressure_match
+    from openmm_cg.workflows import PressureMatchingConfig, pressure_match
 
     n, volume, bulk_target = 16, 2.0, 3000.0
     volume_std = np.sqrt(KT * volume / (bulk_target * KJ_PER_MOL_NM3_PER_BAR))
     dataset = ideal_gas_dataset(n, volume, volume_std)
     assert bulk_modulus_from_fluctuations_bar(volume, volume_std, T) == pytest.approx(bulk_target)
-    gas = export_pair_table(PairForceTable(0.1, 0.3, np.zeros(8), T), dataset, tmp_path / "gas.pt")
+    gas = save_model(*pair_table_model(PairForceTable(0.1, 0.3, np.zeros(8), T), dataset), tmp_path / "gas.pt",
+                     dtype="float64")
     config = PressureMatchingConfig(steps=400, skip_ps=0.0, report_interval=20, n_blocks=4)
     no_npt = ideal_gas_dataset(n, volume, volume_std)
     no_npt.source_metadata = {"seed_0000": {}}

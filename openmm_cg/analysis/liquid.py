@@ -1,54 +1,8 @@
 """Observables of CG liquids under periodic boundary conditions: RDF, diffusion, virial pressure."""
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..errors import InputError
-
-
-@dataclass
-class RDF:
-    r_nm: np.ndarray  # bin centres
-    g: np.ndarray
-    n_frames: int
-
-
-def max_rdf_range_nm(box_vectors_nm: np.ndarray) -> float:
-    """Half the smallest box height over all frames: the range where the minimum image is exact."""
-    boxes = np.asarray(box_vectors_nm).reshape(-1, 3, 3)
-    volumes = np.abs(np.linalg.det(boxes))
-    heights = np.stack([volumes / np.linalg.norm(np.cross(boxes[:, 1], boxes[:, 2]), axis=1),
-                        volumes / np.linalg.norm(np.cross(boxes[:, 2], boxes[:, 0]), axis=1),
-                        volumes / np.linalg.norm(np.cross(boxes[:, 0], boxes[:, 1]), axis=1)], axis=1)
-    return float(0.5 * heights.min())
-
-
-def radial_distribution(positions_nm: np.ndarray, box_vectors_nm: np.ndarray, r_max_nm: float,
-                        n_bins: int = 100, bead_stride: int = 1) -> RDF:
-    """g(r) of all bead pairs, frames (F, N, 3) in boxes (F, 3, 3), on [0, r_max_nm).
-
-    Minimum-image distances (mdtraj); ``r_max_nm`` may not exceed half the smallest box height.
-    """
-    import mdtraj
-
-    positions_nm = np.asarray(positions_nm, dtype=np.float32)
-    boxes = np.asarray(box_vectors_nm, dtype=np.float32)
-    if positions_nm.ndim != 3 or boxes.shape != (len(positions_nm), 3, 3):
-        raise InputError(f"an RDF needs frames (F, N, 3) and boxes (F, 3, 3); got {positions_nm.shape} and {boxes.shape}")
-    limit = max_rdf_range_nm(boxes)
-    if r_max_nm > limit + 1e-9:
-        raise InputError(f"RDF range {r_max_nm} nm exceeds half the smallest box height ({limit:.4f} nm)")
-    n_beads = positions_nm.shape[1]
-    topology = mdtraj.Topology()
-    residue = topology.add_residue("B", topology.add_chain())
-    for _ in range(n_beads):
-        topology.add_atom("B", mdtraj.element.virtual, residue)
-    trajectory = mdtraj.Trajectory(positions_nm, topology)
-    trajectory.unitcell_vectors = boxes
-    beads = np.arange(0, n_beads, bead_stride)
-    pairs = np.array([(i, j) for k, i in enumerate(beads) for j in beads[k + 1:]], dtype=np.int64)
-    r, g = mdtraj.compute_rdf(trajectory, pairs, r_range=(0.0, r_max_nm), n_bins=n_bins)
-    return RDF(np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64), len(positions_nm))
+from ..priors.pair import RDF, max_rdf_range_nm, radial_distribution  # noqa: F401  (observables of liquids)
 
 
 def rdf_error(reference: RDF, model: RDF) -> float:

@@ -46,11 +46,6 @@ def chain_diffusion_nm2_per_ps(positions_nm: np.ndarray, masses_amu: np.ndarray,
     return self_diffusion_nm2_per_ps(msd_nm2(centre[:, None], max_lag), frame_interval_ps)
 
 
-def bead_msd_nm2(positions_nm: np.ndarray, max_lag: int) -> np.ndarray:
-    """MSD of the beads (centre-of-mass motion included), lags 0..max_lag frames."""
-    return msd_nm2(positions_nm, max_lag)
-
-
 def contact_map(positions_nm: np.ndarray, cutoff_nm: float) -> np.ndarray:
     """(beads, beads) fraction of frames in which two beads are closer than ``cutoff_nm``."""
     x = np.asarray(positions_nm, dtype=np.float64)

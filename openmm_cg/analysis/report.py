@@ -4,8 +4,8 @@ from typing import Sequence
 import numpy as np
 
 from ..data.datasets import CGDataset
-from ..outputs import prepare_output_dir, write_json
-from ..simulation.run import load_run_frames
+from ..outputs import RunFolder
+from ..simulation.trajectory import load_run_frames
 from .ramachandran import PhiPsi, compare, phi_psi, plot_free_energy_surfaces, replica_phi_psi
 
 
@@ -24,7 +24,8 @@ def simulation_phi_psi(sim_dirs: Sequence, molecule_topology, n_beads: int) -> P
 def analyze_ramachandran(reference_dataset, sim_dirs: Sequence, out_dir, bins: int = 60, overwrite: bool = False,
                          extra_metrics: dict = None) -> dict:
     dataset = CGDataset.load(reference_dataset)
-    out_dir = prepare_output_dir(out_dir, overwrite)
+    run = RunFolder.open(out_dir, "analysis", {"bins": bins, "simulations": [str(s) for s in sim_dirs]},
+                         {"reference": reference_dataset}, overwrite=overwrite, resume_hint="choose another folder")
     topology = dataset.mapping.cg_topology
     reference = phi_psi(dataset.positions_nm, topology, groups=dataset.trajectory_index)
     model = simulation_phi_psi(sim_dirs, topology, dataset.mapping.n_beads)
@@ -34,6 +35,6 @@ def analyze_ramachandran(reference_dataset, sim_dirs: Sequence, out_dir, bins: i
         metrics.update(extra_metrics)
     plot_free_energy_surfaces([reference, model],
                               [f"all-atom, mapped ({len(reference.phi)} frames)", f"CG model ({len(model.phi)} frames)"],
-                              dataset.temperature_K, out_dir / "fes.png", bins)
-    write_json(out_dir / "metrics.json", metrics)
+                              dataset.temperature_K, run.file("fes.png"), bins)
+    run.write_json("metrics.json", metrics)
     return metrics

@@ -12,8 +12,12 @@ def read_epoch_metrics(run_dir) -> dict:
     for metrics_csv in files:
         with open(metrics_csv, newline="") as handle:
             rows.extend(csv.DictReader(handle))
-    series = {}
+    # A resumed run starts a new version at its last checkpoint; an epoch it logs again replaces the earlier row.
+    by_epoch = {int(row["epoch"]): {} for row in rows}
     for row in rows:
+        by_epoch[int(row["epoch"])].update({k: v for k, v in row.items() if v not in ("", None)})
+    series = {}
+    for row in (by_epoch[epoch] for epoch in sorted(by_epoch)):
         for key, value in row.items():
             if key in ("epoch", "step") or value in ("", None):
                 continue

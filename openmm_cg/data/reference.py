@@ -24,13 +24,13 @@ from typing import List, Optional
 
 import numpy as np
 
-from .._runtime import openmm
+from .._runtime import langevin_integrator, openmm, platform
 from openmm import app, unit
 
 from ..errors import InputError
 from ..units import density_g_per_mL
 from ..topology import topology_to_json
-from .. import __version__
+from .._version import __version__
 
 H5_METADATA_KEY = "openmm_cg_metadata"
 # Largest relative change of the mean volume between the last two quarters of NPT equilibration that
@@ -203,13 +203,8 @@ def run_seed(config: ReferenceConfig, out_dir, seed: int, progress_position: int
                                              config.barostat_interval_steps)
         barostat.setRandomNumberSeed(seed + 1)
         system.addForce(barostat)
-    integrator = openmm.LangevinMiddleIntegrator(
-        config.temperature_K * unit.kelvin, config.friction_per_ps / unit.picosecond, config.timestep_ps * unit.picosecond
-    )
-    # OpenMM treats seed 0 as "pick one at random": offset so that every seed is reproducible.
-    integrator.setRandomNumberSeed(seed + 1)
-    platform = openmm.Platform.getPlatformByName(config.platform)
-    properties = {"Threads": str(config.threads_per_seed)} if config.platform == "CPU" else {}
+    integrator = langevin_integrator(config.temperature_K, config.friction_per_ps, config.timestep_ps, seed)
+    platform_object, properties = platform(config.platform, config.threads_per_seed)
 
     with h5py.File(path, "a") as h5:
         if H5_METADATA_KEY in h5.attrs and "checkpoint" in h5:
@@ -224,7 +219,7 @@ def run_seed(config: ReferenceConfig, out_dir, seed: int, progress_position: int
             metadata["npt"] = existing.get("npt")
             if barostat is not None:
                 barostat.setFrequency(0)  # NPT equilibration is done; production is NVT
-            context = openmm.Context(system, integrator, platform, properties)
+            context = openmm.Context(system, integrator, platform_object, properties)
             n_done = int(h5.attrs["n_frames_done"])
             _truncate(h5, n_done)
             _restore(context, h5, config.platform)
@@ -242,7 +237,7 @@ def run_seed(config: ReferenceConfig, out_dir, seed: int, progress_position: int
                 h5.create_dataset("box_vectors", shape=(0, 3, 3), maxshape=(None, 3, 3), dtype="f8",
                                   chunks=(min(config.chunk_frames, 1000), 3, 3))
             n_done = 0
-            context = openmm.Context(system, integrator, platform, properties)
+            context = openmm.Context(system, integrator, platform_object, properties)
             context.setPositions(positions_nm)
             openmm.LocalEnergyMinimizer.minimize(context)
             context.setVelocitiesToTemperature(config.temperature_K * unit.kelvin, seed + 1)
@@ -378,26 +373,42 @@ def _restore(context, h5, platform_name: str) -> None:
         context.setState(openmm.XmlSerializer.deserialize(state_xml.decode() if isinstance(state_xml, bytes) else state_xml))
 
 
-def generate_reference(config: ReferenceConfig, out_dir, n_workers: Optional[int] = None) -> List[Path]:
-    """Run every seed of ``config`` (in parallel worker processes); resumable.
+# Settings a re-run may change: more frames or seeds extend the data; threads and platform do not change it.
+EXTENDABLE = ("frames_per_seed", "seeds", "threads_per_seed", "platform", "chunk_frames")
 
-    Re-running with the same settings continues unfinished seeds and leaves finished ones alone;
-    raising ``frames_per_seed`` extends every seed.
-    """
+
+def generate_reference(config: ReferenceConfig, out_dir, n_workers: Optional[int] = None,
+                       overwrite: bool = False) -> List[Path]:
+    """Run every seed of ``config`` (in parallel worker processes) in the run folder ``out_dir``; resumable.
+
+    Re-running with the same settings continues unfinished seeds and leaves finished ones alone; raising
+    ``frames_per_seed`` extends every seed, and new ``seeds`` are added. Other changed settings are refused
+    before anything is written."""
     from concurrent.futures import ProcessPoolExecutor
     import multiprocessing
 
+    from ..outputs import RunFolder
+
     config.validate()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config_path = out_dir / "reference_config.json"
-    config_path.write_text(json.dumps(asdict(config), indent=2) + "\n")
+    run = RunFolder.open(out_dir, "reference", asdict(config), resume=True, overwrite=overwrite, mutable=EXTENDABLE)
+    for seed in config.seeds:
+        run.file(seed_path(".", seed).name)
     n_workers = n_workers or min(len(config.seeds), os.cpu_count() or 1)
     if n_workers <= 1:
-        return [run_seed(config, out_dir, seed) for seed in config.seeds]
+        return [run_seed(config, run.path, seed) for seed in config.seeds]
     # fork, not spawn: spawn re-imports the caller's script, which breaks scripts without a
     # __main__ guard; the workers only run OpenMM, so forking after torch was imported is safe.
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
-        futures = [pool.submit(run_seed, config, out_dir, seed, i) for i, seed in enumerate(config.seeds)]
+        futures = [pool.submit(run_seed, config, run.path, seed, i) for i, seed in enumerate(config.seeds)]
         return [future.result() for future in futures]
+
+
+def reference_config(out_dir) -> ReferenceConfig:
+    """The settings a reference folder was generated with (its run folder's config)."""
+    from ..outputs import CONFIG
+
+    path = Path(out_dir) / CONFIG
+    if not path.is_file():
+        raise InputError(f"{out_dir} is not a reference folder written by openmm-cg (no {CONFIG})")
+    return ReferenceConfig(**json.loads(path.read_text()))

@@ -41,10 +41,6 @@ class ChainBatch:
         return torch.repeat_interleave(torch.arange(self.n_chains), torch.tensor(self.bead_counts))
 
 
-def linear_chain_assignment(sequence: str, particles_per_bead: int) -> np.ndarray:
-    return _chain_graph(len(sequence), particles_per_bead)[0].numpy()
-
-
 @lru_cache(maxsize=4096)
 def _chain_graph(n: int, particles_per_bead: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(assignment (n,), all bead pairs i < j, which of them are bonded) of a linear chain of n monomers;

@@ -22,7 +22,9 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from ..nn.schnet import GaussianRBF, SmoothCutoff
+from ..geometry import SmoothCutoff
+from ..nn.kinds import ModelKind
+from ..nn.schnet import GaussianRBF
 
 
 @dataclass
@@ -190,3 +192,35 @@ class ScoreNetwork(nn.Module):
                               bond.to(x.dtype), torch.zeros(distance.shape[0], 0, dtype=x.dtype, device=x.device))
         # Output in units of 1/sigma: the score of Gaussian noise of width sigma is ~ 1/sigma.
         return torch.zeros_like(x).index_add(0, receivers, weights * unit) / sigma_nm.to(x.dtype)
+
+
+DYNAMICS_KIND = "openmm-cg dynamics"
+SCORE_KIND = "openmm-cg score"
+
+
+def _config(metadata: dict) -> DynamicsConfig:
+    return DynamicsConfig(**metadata["model_config"])
+
+
+class DynamicsKind(ModelKind):
+    """The learned propagator: mean and spread of the next step of CG polymer chains."""
+
+    name = "dynamics"
+    file_kind = DYNAMICS_KIND
+
+    def build(self, metadata: dict) -> CGDynamics:
+        return CGDynamics(_config(metadata), len(metadata["monomer_types"]), metadata["step_ps"])
+
+
+class ScoreKind(ModelKind):
+    """The score network that refines learned steps (denoising)."""
+
+    name = "score"
+    file_kind = SCORE_KIND
+
+    def build(self, metadata: dict) -> ScoreNetwork:
+        return ScoreNetwork(_config(metadata), len(metadata["monomer_types"]))
+
+
+DYNAMICS = DynamicsKind()
+SCORE = ScoreKind()

@@ -20,6 +20,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..classical.chain_force_matching import ChainForceTables
 from ..errors import InputError, RolloutStopped
 from .chains import ChainBatch
 
@@ -147,8 +148,10 @@ class Propagator:
         return frame
 
     def run(self, n_steps: int, report: Optional[Callable] = None, report_interval: int = 1,
-            checkpoint_path=None, checkpoint_interval: int = 0, progress: bool = False) -> None:
-        """Take ``n_steps`` steps; ``report(step, frame)`` every ``report_interval`` steps."""
+            checkpoint_path=None, checkpoint_interval: int = 0, progress: bool = False,
+            before_checkpoint: Optional[Callable] = None) -> None:
+        """Take ``n_steps`` steps; ``report(step, frame)`` every ``report_interval`` steps; ``before_checkpoint()``
+        (e.g. flushing a trajectory) before every checkpoint, so that what was reported survives a crash."""
         from tqdm.auto import tqdm
 
         for _ in tqdm(range(n_steps), desc="learned rollout", unit="step", disable=not progress):
@@ -156,6 +159,8 @@ class Propagator:
             if report is not None and self.step_count % report_interval == 0:
                 report(self.step_count, frame)
             if checkpoint_path is not None and checkpoint_interval and self.step_count % checkpoint_interval == 0:
+                if before_checkpoint is not None:
+                    before_checkpoint()
                 self.save_checkpoint(checkpoint_path)
 
     # -- checkpoints: history, step count, every chain's random state and the refiner's -------------
@@ -187,7 +192,12 @@ class Propagator:
         return path
 
     def load_checkpoint(self, path) -> None:
-        self.load_state(torch.load(path, map_location="cpu", weights_only=False))
+        try:  # weights-only: a crafted checkpoint in an output folder cannot run code
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise InputError(f"{path} is not a rollout checkpoint (tensors and plain data only): "
+                             f"{str(error).splitlines()[0]}") from None
+        self.load_state(state)
 
 
 def _dtype_of(module: torch.nn.Module) -> torch.dtype:
@@ -219,3 +229,44 @@ def score_refiner(score: torch.nn.Module, config: Optional[ScoreRefinement] = No
         return x
 
     return refine
+
+
+@dataclass
+class OpenMMRelaxation:
+    """A few Langevin steps of the force-matched chain potential after each learned step."""
+    steps: int = 10
+    timestep_ps: float = 0.02
+    friction_per_ps: float = 10.0
+
+
+class OpenMMRelaxer:
+    """A ``refine(frame, propagator)`` that runs a few OpenMM Langevin steps (TorchForce of the chain
+    potential) from the learned frame, starting from the velocities of the learned step. ``state()`` is
+    an OpenMM checkpoint (random state included), so a propagator that saves it resumes bit-identically."""
+
+    def __init__(self, tables: ChainForceTables, masses_amu: np.ndarray, bead_counts: Sequence[int],
+                 temperature_K: float, config: Optional[OpenMMRelaxation] = None, seed: int = 0,
+                 platform_name: str = "CPU", threads: int = 1):
+        from .._runtime import langevin_integrator, openmm, openmmtorch, platform
+
+        self.config = config or OpenMMRelaxation()
+        system = openmm.System()
+        for mass in masses_amu:
+            system.addParticle(float(mass))
+        system.addForce(openmmtorch().TorchForce(torch.jit.script(tables.potential(bead_counts))))
+        self.integrator = langevin_integrator(temperature_K, self.config.friction_per_ps, self.config.timestep_ps, seed)
+        self.context = openmm.Context(system, self.integrator, *platform(platform_name, threads))
+        self._nanometer = openmm.unit.nanometer
+
+    def __call__(self, frame: torch.Tensor, propagator) -> torch.Tensor:
+        self.context.setPositions(frame.detach().cpu().numpy())
+        self.context.setVelocities((frame - propagator.positions_nm).detach().cpu().numpy() / propagator.step_ps)
+        self.integrator.step(self.config.steps)
+        positions = self.context.getState(getPositions=True).getPositions(asNumpy=True)
+        return torch.as_tensor(np.asarray(positions.value_in_unit(self._nanometer)), dtype=frame.dtype)
+
+    def state(self) -> bytes:
+        return self.context.createCheckpoint()
+
+    def load_state(self, state: bytes) -> None:
+        self.context.loadCheckpoint(state)

@@ -15,13 +15,31 @@ import torch
 from .._runtime import openmm
 from openmm import app, unit
 
-from ..errors import InputError, OutputExistsError
-from ..outputs import write_json
+from ..classical.chain_force_matching import ChainForceTables
+from ..errors import InputError
+from ..export import load_exported
+from ..outputs import RunFolder, sha256_of_arrays
+from ..simulation.trajectory import FORMATS, TrajectoryWriter
 from .chains import ChainBatch, build_chain_batch
-from .propagator import Propagator, RolloutChecks, ScoreRefinement, score_refiner
-from .train import check_step_size, load_dynamics, load_score
+from .model import DYNAMICS_KIND, SCORE_KIND
+from .propagator import OpenMMRelaxation, OpenMMRelaxer, Propagator, RolloutChecks, ScoreRefinement, score_refiner
 
-FORMATS = ("dcd", "h5")
+
+def load_dynamics(path):
+    """(scripted dynamics model, metadata) of an exported propagator model."""
+    return load_exported(path, kind=DYNAMICS_KIND)
+
+
+def load_score(path):
+    return load_exported(path, kind=SCORE_KIND)
+
+
+def check_step_size(metadata: dict, frame_interval_ps: float, stride_frames: int) -> None:
+    """Refuse initial frames whose spacing is not the model's step."""
+    spacing = frame_interval_ps * stride_frames
+    if not np.isclose(spacing, metadata["step_ps"], rtol=1e-6):
+        raise InputError(f"initial frames are {spacing:g} ps apart; this model was trained with steps of "
+                         f"{metadata['step_ps']:g} ps: give frames at that spacing")
 
 
 def bead_topology(chains: ChainBatch) -> app.Topology:
@@ -36,41 +54,6 @@ def bead_topology(chains: ChainBatch) -> app.Topology:
         if bonded:
             topology.addBond(atoms[i], atoms[j])
     return topology
-
-
-class TrajectoryWriter:
-    """Appends frames (nm) and times (ps) to a DCD (OpenMM's writer) or HDF5 (mdtraj's) file; with
-    ``append`` an existing file is continued."""
-
-    def __init__(self, path, topology: app.Topology, step_ps: float, append: bool):
-        import mdtraj
-
-        self.path = Path(path)
-        self.format = self.path.suffix.lstrip(".")
-        if self.format not in FORMATS:
-            raise InputError(f"trajectory format must be one of {FORMATS}, got {self.path.name}")
-        append = append and self.path.exists()
-        if self.format == "dcd":
-            self.stream = open(self.path, "r+b" if append else "wb")
-            self.handle = app.DCDFile(self.stream, topology, step_ps * unit.picosecond, append=append)
-        else:
-            self.stream = None
-            self.handle = mdtraj.formats.HDF5TrajectoryFile(str(self.path), "a" if append else "w")
-            if not append:
-                self.handle.topology = mdtraj.Topology.from_openmm(topology)
-
-    def write(self, positions_nm: np.ndarray, time_ps: float) -> None:
-        x = np.asarray(positions_nm, dtype=np.float64)
-        if self.format == "dcd":
-            self.handle.writeModel(x * unit.nanometer)
-        else:
-            self.handle.write(x[None].astype(np.float32), time=np.array([time_ps], dtype=np.float32))
-
-    def close(self) -> None:
-        if self.stream is not None:
-            self.stream.close()
-        else:
-            self.handle.close()
 
 
 def history_from_frames(frames_nm: np.ndarray, frame_interval_ps: float, metadata: dict,
@@ -128,88 +111,89 @@ class RolloutConfig:
     stop_on_failure: bool = True
 
 
+@dataclass
+class RefinementInputs:
+    """What the refinements may need; each takes its part."""
+    chains: ChainBatch
+    metadata: dict
+    seed: int
+    score_path: Optional[str] = None
+    score_refinement: Optional[ScoreRefinement] = None
+    chain_tables_path: Optional[str] = None
+    bead_masses_amu: Optional[np.ndarray] = None
+    relaxation: Optional[OpenMMRelaxation] = None
+
+
+def _no_refinement(inputs: RefinementInputs):
+    return None
+
+
+def _score_refinement(inputs: RefinementInputs):
+    if inputs.score_path is None:
+        raise InputError("score refinement needs the score network (score.pt)")
+    return score_refiner(load_score(inputs.score_path)[0], inputs.score_refinement)
+
+
+def _openmm_refinement(inputs: RefinementInputs):
+    if inputs.chain_tables_path is None or inputs.bead_masses_amu is None:
+        raise InputError("OpenMM refinement needs the force-matched chain tables and the bead masses")
+    tables = ChainForceTables.from_dict(json.loads(Path(inputs.chain_tables_path).read_text()))
+    return OpenMMRelaxer(tables, inputs.bead_masses_amu, inputs.chains.bead_counts, inputs.metadata["temperature_K"],
+                         inputs.relaxation, seed=inputs.seed)
+
+
+# Refinement after each learned step: name -> refine(frame, propagator) maker (None: no refinement).
+REFINEMENTS = {"none": _no_refinement, "score": _score_refinement, "openmm": _openmm_refinement}
+
+
 def rollout(dynamics_path, sequences: Sequence[str], history_nm: np.ndarray, config: RolloutConfig, out_dir,
             score_path=None, score_refinement: Optional[ScoreRefinement] = None, chain_tables_path=None,
-            bead_masses_amu: Optional[np.ndarray] = None, relaxation=None, overwrite: bool = False,
-            progress: bool = True) -> dict:
-    """Roll out ``sequences`` from ``history_nm`` (k, beads, 3); resumable (re-run to continue from its checkpoint).
+            bead_masses_amu: Optional[np.ndarray] = None, relaxation: Optional[OpenMMRelaxation] = None,
+            overwrite: bool = False, progress: bool = True) -> dict:
+    """Roll out ``sequences`` from ``history_nm`` (k, beads, 3) into the run folder ``out_dir``; resumable
+    (re-run to continue from its checkpoint, bit-identically: the OpenMM relaxation's random state is saved too).
 
-    Refinement "score" needs ``score_path``; "openmm" needs ``chain_tables_path`` (a fitted
-    ``ChainForceTables`` JSON) and ``bead_masses_amu``, and is not bit-reproducible on resume (OpenMM's
-    random stream is not part of the checkpoint)."""
-    out_dir = Path(out_dir)
+    Refinement "score" needs ``score_path``; "openmm" needs ``chain_tables_path`` (a fitted ``ChainForceTables``
+    JSON) and ``bead_masses_amu``."""
     if config.format not in FORMATS:
         raise InputError(f"format must be one of {FORMATS}")
-    checkpoint = out_dir / "rollout.ckpt"
-    resume = checkpoint.exists() and not overwrite
-    if out_dir.exists() and any(out_dir.iterdir()) and not (resume or overwrite):
-        raise OutputExistsError(f"{out_dir} holds files but no rollout checkpoint; choose another folder or overwrite")
-    if overwrite and out_dir.exists():
-        import shutil
-
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if config.refinement not in REFINEMENTS:
+        raise InputError(f"refinement must be one of {sorted(REFINEMENTS)}")
     model, metadata = load_dynamics(dynamics_path)
     chains = build_chain_batch(sequences, metadata["monomer_types"], metadata["particles_per_bead"])
-    refine = None
-    if config.refinement == "score":
-        if score_path is None:
-            raise InputError("score refinement needs the score network (score.pt)")
-        score, _ = load_score(score_path)
-        refine = score_refiner(score, score_refinement)
-    elif config.refinement == "openmm":
-        from ..classical.chain_force_matching import ChainForceTables, OpenMMRelaxer
-
-        if chain_tables_path is None or bead_masses_amu is None:
-            raise InputError("OpenMM refinement needs the force-matched chain tables and the bead masses")
-        tables = ChainForceTables.from_dict(json.loads(Path(chain_tables_path).read_text()))
-        refine = OpenMMRelaxer(tables, bead_masses_amu, chains.bead_counts, metadata["temperature_K"], relaxation,
-                                seed=config.seed)
-    elif config.refinement != "none":
-        raise InputError("refinement must be 'none', 'score' or 'openmm'")
-    checks = RolloutChecks(config.collision_nm, config.max_step_nm, config.stop_on_failure)
-    propagator = Propagator(model, chains, torch.as_tensor(history_nm), config.seed, checks, refine)
+    refine = REFINEMENTS[config.refinement](RefinementInputs(chains, metadata, config.seed, score_path, score_refinement,
+                                                              chain_tables_path, bead_masses_amu, relaxation))
+    propagator = Propagator(model, chains, torch.as_tensor(history_nm), config.seed,
+                            RolloutChecks(config.collision_nm, config.max_step_nm, config.stop_on_failure), refine)
+    inputs = {"dynamics model": dynamics_path}
+    inputs.update({"score model": score_path} if config.refinement == "score" else {})
+    inputs.update({"chain tables": chain_tables_path} if config.refinement == "openmm" else {})
+    # steps may grow on resume (continue a finished rollout further); everything else must match
+    run = RunFolder.open(out_dir, "rollout", {"config": asdict(config), "sequences": list(sequences),
+                                              "history_sha256": sha256_of_arrays(np.asarray(history_nm, np.float64))},
+                         inputs, resume=True, overwrite=overwrite, mutable=("config.steps",))
+    checkpoint = run.file("rollout.ckpt")
+    resume = run.resumed and checkpoint.exists()
     if resume:
         propagator.load_checkpoint(checkpoint)
-        saved = json.loads((out_dir / "rollout.json").read_text())
-        if {**saved["config"], "steps": config.steps} != asdict(config) or saved["sequences"] != list(sequences):
-            raise InputError(f"{out_dir} holds a rollout with other settings; use another folder or overwrite")
     topology = bead_topology(chains)
     if not resume:
-        with open(out_dir / "topology.pdb", "w") as handle:
+        with open(run.file("topology.pdb"), "w") as handle:
             app.PDBFile.writeFile(topology, propagator.positions_nm.numpy() * 10.0, handle)
-    # steps may grow on resume (continue a finished rollout further); everything else must match
-    write_json(out_dir / "rollout.json", {"config": asdict(config), "sequences": list(sequences),
-                                           "dynamics": str(dynamics_path), "step_ps": propagator.step_ps})
-    trajectory = out_dir / f"trajectory.{config.format}"
-    if resume:
-        _keep_frames(trajectory, out_dir / "topology.pdb", propagator.step_count // config.report_interval)
-    writer = TrajectoryWriter(trajectory, topology, propagator.step_ps * config.report_interval, append=resume)
+    trajectory = run.file(f"trajectory.{config.format}")
+    writer = TrajectoryWriter(trajectory, topology, propagator.step_ps, config.report_interval,
+                              resume_frames=propagator.step_count // config.report_interval if resume else None)
     try:
         propagator.run(max(0, config.steps - propagator.step_count),
                        report=lambda step, frame: writer.write(frame.numpy(), step * propagator.step_ps),
                        report_interval=config.report_interval, checkpoint_path=checkpoint,
-                       checkpoint_interval=config.checkpoint_interval, progress=progress)
+                       checkpoint_interval=config.checkpoint_interval, progress=progress, before_checkpoint=writer.flush)
     finally:
         writer.close()
     propagator.save_checkpoint(checkpoint)
     summary = {"steps": propagator.step_count, "simulated_ps": propagator.step_count * propagator.step_ps,
+               "step_ps": propagator.step_ps,
                "failures": {str(c): {"step": s, "reason": r} for c, (s, r) in propagator.failures.items()},
-               "trajectory": str(out_dir / f"trajectory.{config.format}")}
-    write_json(out_dir / "summary.json", summary)
+               "trajectory": str(trajectory)}
+    run.write_json("summary.json", summary)
     return summary
-
-
-def _keep_frames(path: Path, topology_pdb: Path, n_frames: int) -> None:
-    """After a crash the trajectory may hold frames written after the last checkpoint; the resumed
-    propagator regenerates them identically, so they are dropped first."""
-    import mdtraj
-
-    if not path.exists():
-        return
-    if n_frames == 0:
-        path.unlink()
-        return
-    existing = mdtraj.load(str(path), top=str(topology_pdb))
-    if existing.n_frames > n_frames:
-        existing[:n_frames].save(str(path))

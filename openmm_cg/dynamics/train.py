@@ -15,15 +15,15 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from ..errors import InputError, OutputExistsError
-from ..export import load_exported, save_scripted
-from ..outputs import write_json
+from ..errors import InputError
+from ..outputs import RunFolder
+from ..training.lightning import fit, lightning, load_state_dict, loader, make_trainer
 from .chains import ChainBatch, build_chain_batch
 from .data import PolymerCGData, split_chains
-from .model import CGDynamics, DynamicsConfig, ScoreNetwork
+from .model import DYNAMICS, DYNAMICS_KIND, SCORE, SCORE_KIND, CGDynamics, DynamicsConfig, ScoreNetwork
 
-DYNAMICS_KIND = "openmm-cg dynamics"
-SCORE_KIND = "openmm-cg score"
+# Settings a resumed run may change.
+RESUMABLE_CHANGES = ("max_epochs", "max_time_minutes")
 
 
 @dataclass
@@ -81,13 +81,24 @@ class Windows(torch.utils.data.Dataset):
                            torch.as_tensor(np.concatenate(nexts), dtype=torch.float32))
 
 
-def _lightning():
-    import lightning.pytorch as pl
+@dataclass
+class TrainedPropagator:
+    """Both trained networks in memory with the metadata of their model files (``kind`` set by the caller's
+    choice of file) and the training summary; ``export.save_model`` writes them."""
+    dynamics: CGDynamics
+    score: ScoreNetwork
+    metadata: dict
+    summary: dict
+    run_dir: Path
 
-    return pl
+    def dynamics_metadata(self) -> dict:
+        return dict(self.metadata, kind=DYNAMICS_KIND, model_kind=DYNAMICS.name)
+
+    def score_metadata(self) -> dict:
+        return dict(self.metadata, kind=SCORE_KIND, model_kind=SCORE.name)
 
 
-class DynamicsTraining(_lightning().LightningModule):
+class DynamicsTraining(lightning().LightningModule):
     def __init__(self, dynamics: CGDynamics, score: ScoreNetwork, input_noise_nm: float,
                  noise_levels_nm: Tuple[float, ...], learning_rate: float):
         super().__init__()
@@ -136,16 +147,13 @@ class DynamicsTraining(_lightning().LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}
 
 
-def train_dynamics(config: DynamicsTrainConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train both networks on the train chains; export ``dynamics.pt`` and ``score.pt``; returns the summary."""
-    pl = _lightning()
-    output = Path(config.output)
-    if output.exists() and any(output.iterdir()) and not resume:
-        raise OutputExistsError(f"{output} already holds a training run; pass resume=True to continue it")
-    output.mkdir(parents=True, exist_ok=True)
-    write_json(output / "config.json", asdict(config))
-    pl.seed_everything(config.seed, workers=True, verbose=False)
+def train_dynamics(config: DynamicsTrainConfig, resume: bool = False, overwrite: bool = False,
+                   progress: bool = True) -> TrainedPropagator:
+    """Train both networks on the train chains of ``config.data`` in the run folder ``config.output``."""
     data = PolymerCGData.load(config.data)
+    run = RunFolder.open(config.output, "dynamics-training", asdict(config), {"data": config.data}, resume=resume,
+                         overwrite=overwrite, mutable=RESUMABLE_CHANGES)
+    lightning().seed_everything(config.seed, workers=True, verbose=False)
     train_ids, val_ids, test_ids = split_chains(len(data.chains), config.split_fractions, config.seed)
     step_ps = config.stride_frames * data.frame_interval_ps
     k = config.model.history
@@ -156,29 +164,16 @@ def train_dynamics(config: DynamicsTrainConfig, resume: bool = False, progress: 
                             config.learning_rate)
     train_windows = Windows(data, train_ids, k, config.stride_frames, types)
     val_windows = Windows(data, val_ids, k, config.stride_frames, types)
-    generator = torch.Generator().manual_seed(config.seed)
-    train_loader = torch.utils.data.DataLoader(
-        train_windows, batch_size=config.windows_per_batch, collate_fn=train_windows.collate,
-        sampler=torch.utils.data.RandomSampler(train_windows, num_samples=config.windows_per_epoch, generator=generator))
+    train_loader = loader(train_windows, config.windows_per_batch, True, config.seed, train_windows.collate,
+                          num_samples=config.windows_per_epoch, loader_draws_seed=False)
     val_items = np.random.default_rng(config.seed).choice(len(val_windows), min(config.validation_windows, len(val_windows)),
                                                           replace=False)
-    val_loader = torch.utils.data.DataLoader(torch.utils.data.Subset(val_windows, sorted(val_items.tolist())),
-                                             batch_size=4 * config.windows_per_batch, collate_fn=val_windows.collate)
-    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=output / "checkpoints", monitor="val_loss", mode="min",
-                                              save_last=True, filename="best")
-    callbacks = [checkpoint, pl.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience)]
-    if progress:
-        callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=20))
-    trainer = pl.Trainer(max_epochs=config.max_epochs, accelerator="auto", devices=1, callbacks=callbacks,
-                         logger=pl.loggers.CSVLogger(output, name="metrics"), default_root_dir=output,
-                         enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-                         max_time={"minutes": config.max_time_minutes} if config.max_time_minutes else None,
-                         log_every_n_steps=50)
-    last = output / "checkpoints" / "last.ckpt"
-    trainer.fit(task, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
-    best = checkpoint.best_model_path or str(last)
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-    task.load_state_dict(state)
+    val_loader = loader(torch.utils.data.Subset(val_windows, sorted(val_items.tolist())), 4 * config.windows_per_batch,
+                        False, config.seed, val_windows.collate, loader_draws_seed=False)
+    trainer, _ = make_trainer(run, "val_loss", config.max_epochs, config.early_stopping_patience,
+                              config.max_time_minutes, progress, devices=1)
+    best = fit(trainer, task, train_loader, val_loader, run, resume)
+    task.load_state_dict(load_state_dict(best))
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
     summary = {"train_chains": [int(i) for i in train_ids], "validation_chains": [int(i) for i in val_ids],
                "test_chains": [int(i) for i in test_ids], "step_ps": step_ps, "history": k,
@@ -189,10 +184,8 @@ def train_dynamics(config: DynamicsTrainConfig, resume: bool = False, progress: 
                 "frame_interval_ps": data.frame_interval_ps, "stride_frames": config.stride_frames,
                 "temperature_K": data.temperature_K, "model_config": asdict(config.model),
                 "training": {"config": asdict(config), "summary": summary}}
-    save_scripted(dynamics, dict(metadata, kind=DYNAMICS_KIND), output / "dynamics.pt", config.export_dtype, overwrite=True)
-    save_scripted(score, dict(metadata, kind=SCORE_KIND), output / "score.pt", config.export_dtype, overwrite=True)
-    write_json(output / "summary.json", summary)
-    return summary
+    run.write_json("summary.json", summary)
+    return TrainedPropagator(task.dynamics.eval(), task.score.eval(), metadata, summary, run.path)
 
 
 def load_dynamics_config(path, **overrides) -> DynamicsTrainConfig:
@@ -204,40 +197,3 @@ def load_dynamics_config(path, **overrides) -> DynamicsTrainConfig:
     data = yaml.safe_load(Path(path).read_text()) or {}
     data.update(overrides)
     return dataclass_from_dict(DynamicsTrainConfig, data, "")
-
-
-def load_dynamics(path):
-    """(scripted dynamics model, metadata) of an exported propagator model."""
-    return load_exported(path, kind=DYNAMICS_KIND)
-
-
-def load_score(path):
-    return load_exported(path, kind=SCORE_KIND)
-
-
-def check_step_size(metadata: dict, frame_interval_ps: float, stride_frames: int) -> None:
-    """Refuse initial frames whose spacing is not the model's step."""
-    spacing = frame_interval_ps * stride_frames
-    if not np.isclose(spacing, metadata["step_ps"], rtol=1e-6):
-        raise InputError(f"initial frames are {spacing:g} ps apart; this model was trained with steps of "
-                         f"{metadata['step_ps']:g} ps: give frames at that spacing")
-
-
-def rescript(path) -> Path:
-    """Export a propagator or score model again with this version's code, from the weights saved beside it
-    (``.state.pt``) and the metadata inside it: the same function, this version's implementation."""
-    import json
-
-    from ..export import sidecar_paths
-    from ..training.config import dataclass_from_dict
-
-    metadata_path, state_path = sidecar_paths(path)
-    kind = json.loads(Path(metadata_path).read_text()).get("kind")
-    if kind not in (DYNAMICS_KIND, SCORE_KIND):
-        raise InputError(f"{path} is not an openmm-cg dynamics or score model (kind {kind!r})")
-    _, metadata = load_exported(path, kind=kind)
-    config = dataclass_from_dict(DynamicsConfig, metadata["model_config"], "model_config")
-    n_types = len(metadata["monomer_types"])
-    module = CGDynamics(config, n_types, metadata["step_ps"]) if kind == DYNAMICS_KIND else ScoreNetwork(config, n_types)
-    module.to(getattr(torch, metadata["dtype"])).load_state_dict(torch.load(state_path, map_location="cpu"))
-    return save_scripted(module, metadata, path, metadata["dtype"], overwrite=True)

@@ -23,7 +23,8 @@ from typing import List
 import torch
 from torch import nn
 
-from .schnet import SmoothCutoff, activation
+from ..geometry import SmoothCutoff
+from .schnet import activation
 
 # Pairs per block: the largest per-block buffer, (block, 9, F) for F = 64 features, is then 19 MB, below
 # glibc's 32 MB ceiling for reusing heap memory (see nn.schnet.PAIR_BLOCK).

@@ -12,15 +12,15 @@ channels and E(x; T) = E_0(x) + (T - T_ref)/T_ref * E_1(x), the first-order ener
 free energy (W = U - T S): the potential of mean force is exactly linear in T when its energetic and
 entropic parts do not depend on T, and this form interpolates between training temperatures smoothly.
 """
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
-from torch import nn
 
-from ..priors.pair import PairPriorParameters, PairRepulsion
+from ..priors.pair import PAIR_FORM, PairPriorParameters, PairRepulsion
 from ..priors.volume import VolumeTerm, VolumeTermParameters
+from .kinds import ModelKind, PotentialModule
 from .neighbors import neighbor_pairs
-from .networks import NetworkConfig, build_network
+from .networks import NetworkConfig, architecture_of, build_network, network_config_from_dict, network_config_to_dict
 from .schnet import SchNetConfig
 
 # The OpenMM global parameter that feeds a temperature-aware model (TorchForce passes it to forward;
@@ -28,7 +28,7 @@ from .schnet import SchNetConfig
 TEMPERATURE_PARAMETER = "cg_temperature_K"
 
 
-class PeriodicCGPotentialModule(nn.Module):
+class PeriodicCGPotentialModule(PotentialModule):
     """E(positions (R*n, 3) nm, box (3, 3) nm) in kJ/mol; ``energy_batch((B, N, 3), (B, 3, 3))`` -> (B,)."""
 
     def __init__(self, bead_types, pair_prior: Optional[PairPriorParameters], network_config: Optional[NetworkConfig],
@@ -59,6 +59,19 @@ class PeriodicCGPotentialModule(nn.Module):
         if volume_term is not None and volume_term.temperature_dependent and not self.temperature_aware:
             raise ValueError("a temperature-dependent volume term needs a temperature-aware potential")
         self.volume = VolumeTerm(volume_term)
+        self.description = {
+            "model_kind": PERIODIC.name, "periodic": True, "n_beads": self.n_beads,
+            "bead_types": bead_types.tolist(), "n_types": int(n_types),
+            "architecture": architecture_of(network_config) if network_config is not None else "prior-only",
+            "cutoff_nm": self.cutoff_nm,
+            "network_config": network_config_to_dict(network_config) if network_config is not None else None,
+            "energy_scale_kJ_per_mol": float(energy_scale_kJ_per_mol) if network_config is not None else 1.0,
+            "priors": pair_prior.to_dict() if pair_prior is not None else None, "prior_forms": {"pair": PAIR_FORM}}
+        if self.temperature_aware:
+            self.description["temperature_input"] = {"global_parameter": TEMPERATURE_PARAMETER,
+                                                     "reference_K": self.temperature_reference_K}
+        if volume_term is not None:
+            self.description["volume_term"] = volume_term.to_dict()
 
     def _graph(self, positions: torch.Tensor, boxes: torch.Tensor):
         """Neighbor pairs of all frames as one graph of B*N beads (pairs offset by frame)."""
@@ -79,9 +92,12 @@ class PeriodicCGPotentialModule(nn.Module):
             raise ValueError("openmm-cg: boxes must be (frames, 3, 3), one box per frame")
 
     @torch.jit.export
-    def energy_parts(self, positions: torch.Tensor, boxes: torch.Tensor, temperatures: Optional[torch.Tensor] = None):
+    def energy_parts(self, positions: torch.Tensor, boxes: Optional[torch.Tensor] = None,
+                     temperatures: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(prior (B,), network (B,)) energies in kJ/mol; ``temperatures`` (B,) K for temperature-aware models.
         The prior includes the volume term, if any."""
+        if boxes is None:
+            raise ValueError("openmm-cg: this is a periodic model and needs box vectors (frames, 3, 3)")
         x = positions.to(self.dtype_probe.dtype)
         b = boxes.to(self.dtype_probe.dtype)
         self._check(x, b)
@@ -105,17 +121,6 @@ class PeriodicCGPotentialModule(nn.Module):
         prior = prior + self.volume(b, n_total // self.n_beads, temperatures)
         return prior, network
 
-    @torch.jit.export
-    def network_energy(self, positions: torch.Tensor, boxes: torch.Tensor,
-                       temperatures: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.energy_parts(positions, boxes, temperatures)[1].to(positions.dtype)
-
-    @torch.jit.export
-    def energy_batch(self, positions: torch.Tensor, boxes: torch.Tensor,
-                     temperatures: Optional[torch.Tensor] = None) -> torch.Tensor:
-        prior, network = self.energy_parts(positions, boxes, temperatures)
-        return (prior + network).to(positions.dtype)
-
     def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None,
                 temperature: Optional[torch.Tensor] = None) -> torch.Tensor:
         if box is None:
@@ -123,3 +128,25 @@ class PeriodicCGPotentialModule(nn.Module):
                              "and the TorchForce must have setUsesPeriodicBoundaryConditions(True)")
         temperatures = temperature.reshape(1) if temperature is not None else None
         return self.energy_batch(positions.unsqueeze(0), box.unsqueeze(0), temperatures).sum()
+
+
+class PeriodicKind(ModelKind):
+    """A liquid of one molecule type in a periodic box: a pair prior, a network over neighbours within the
+    cutoff, optionally the temperature as an input and a volume term."""
+
+    name = "periodic"
+    periodic = True
+
+    def build(self, metadata: dict) -> PeriodicCGPotentialModule:
+        config = (network_config_from_dict(metadata["architecture"], metadata["network_config"])
+                  if metadata.get("network_config") else None)
+        volume = VolumeTermParameters.from_dict(metadata["volume_term"]) if metadata.get("volume_term") else None
+        pair = PairPriorParameters.from_dict(metadata["priors"]) if metadata.get("priors") else None
+        temperature_input = metadata.get("temperature_input")
+        return PeriodicCGPotentialModule(metadata["bead_types"], pair, config, n_types=metadata["n_types"],
+                                         energy_scale_kJ_per_mol=metadata["energy_scale_kJ_per_mol"],
+                                         temperature_reference_K=temperature_input["reference_K"]
+                                         if temperature_input else None, volume_term=volume)
+
+
+PERIODIC = PeriodicKind()

@@ -3,13 +3,14 @@
 This one module is both the training-time model and (scripted) the exported file, so the exported
 energy is the trained energy by construction; tests check it through OpenMM anyway.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-from ..priors.terms import PriorEnergy, PriorParameters
-from .networks import NetworkConfig, build_network
+from ..priors.terms import PRIOR_FORMS, PriorEnergy, PriorParameters
+from .kinds import ModelKind, PotentialModule
+from .networks import NetworkConfig, architecture_of, build_network, network_config_from_dict, network_config_to_dict
 
 
 def all_pairs(n_beads: int) -> torch.Tensor:
@@ -28,7 +29,7 @@ class ZeroNetwork(nn.Module):
         return torch.zeros(positions.shape[0], dtype=positions.dtype, device=positions.device)
 
 
-class CGPotentialModule(nn.Module):
+class CGPotentialModule(PotentialModule):
     """E(positions) in kJ/mol for positions in nm.
 
     ``forward(positions (R*N, 3), box (3, 3) or None)`` returns the total energy of R replicas of an
@@ -43,20 +44,27 @@ class CGPotentialModule(nn.Module):
         self.register_buffer("bead_types", bead_types)
         self.register_buffer("pairs", all_pairs(self.n_beads))
         self.register_buffer("dtype_probe", torch.zeros(0))
-        self.prior = PriorEnergy(prior_params if prior_params is not None else PriorParameters())
+        prior_params = prior_params if prior_params is not None else PriorParameters()
+        self.prior = PriorEnergy(prior_params)
         self.has_network = network_config is not None
         n_types = n_types if n_types is not None else int(bead_types.max()) + 1
         self.network = (build_network(network_config, n_types, energy_scale_kJ_per_mol) if network_config is not None
                         else ZeroNetwork())
+        self.description = {
+            "model_kind": MOLECULAR.name, "periodic": False, "n_beads": self.n_beads,
+            "bead_types": bead_types.tolist(), "n_types": int(n_types),
+            "architecture": architecture_of(network_config) if network_config is not None else "prior-only",
+            "cutoff_nm": network_config.cutoff_nm if network_config is not None else None,
+            "network_config": network_config_to_dict(network_config) if network_config is not None else None,
+            "energy_scale_kJ_per_mol": float(energy_scale_kJ_per_mol) if network_config is not None else 1.0,
+            "priors": prior_params.to_dict(), "prior_forms": PRIOR_FORMS}
 
     @torch.jit.export
-    def network_energy(self, positions: torch.Tensor) -> torch.Tensor:
-        return self.network(positions, self.bead_types, self.pairs)
-
-    @torch.jit.export
-    def energy_batch(self, positions: torch.Tensor) -> torch.Tensor:
+    def energy_parts(self, positions: torch.Tensor, boxes: Optional[torch.Tensor] = None,
+                     temperatures: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        # ``boxes`` and ``temperatures`` are accepted for the common signature and unused: one molecule in vacuum.
         x = positions.to(self.dtype_probe.dtype)
-        return (self.prior(x) + self.network_energy(x)).to(positions.dtype)
+        return self.prior(x), self.network(x, self.bead_types, self.pairs)
 
     def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
         # ``box`` is accepted (TorchForce passes it for periodic systems) and unused: this is a
@@ -66,12 +74,19 @@ class CGPotentialModule(nn.Module):
             raise ValueError("openmm-cg: positions must be (n_replicas * n_beads, 3); the particle count is not "
                              "a multiple of this model's bead count " + str(self.n_beads))
         batch = positions.reshape(n_total // self.n_beads, self.n_beads, 3)
-        return self.energy_batch(batch).sum()
+        return self.energy_batch(batch, None, None).sum()
 
 
-def forces_of(model: nn.Module, positions: torch.Tensor, create_graph: bool = False):
-    """(energy (B,), forces (B, N, 3)) for batched positions; forces = -dE/dx in kJ/mol/nm."""
-    positions = positions.detach().requires_grad_(True)
-    energy = model.energy_batch(positions)
-    (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=create_graph)
-    return energy, -grad
+class MolecularKind(ModelKind):
+    """R independent copies of one molecule (no box): priors on its bonded graph plus a network over all pairs."""
+
+    name = "molecular"
+
+    def build(self, metadata: dict) -> CGPotentialModule:
+        config = (network_config_from_dict(metadata["architecture"], metadata["network_config"])
+                  if metadata.get("network_config") else None)
+        return CGPotentialModule(metadata["bead_types"], PriorParameters.from_dict(metadata["priors"]), config,
+                                 n_types=metadata["n_types"], energy_scale_kJ_per_mol=metadata["energy_scale_kJ_per_mol"])
+
+
+MOLECULAR = MolecularKind()

@@ -11,6 +11,8 @@ from typing import List
 import torch
 from torch import nn
 
+from ..geometry import SmoothCutoff
+
 # Pairs per block: (block, features) buffers of 8-16 MB for 64 features, below glibc's 32 MB ceiling
 # for serving allocations from its reusable heap instead of fresh memory maps. Nothing bead-sized may
 # be made once per block, or the cost grows as beads x blocks (quadratically): blocks add into the
@@ -36,18 +38,6 @@ def activation(name: str) -> nn.Module:
     if name not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)} (smooth, for C2-continuous forces)")
     return _ACTIVATIONS[name]()
-
-
-class SmoothCutoff(nn.Module):
-    """1 - 10x^3 + 15x^4 - 6x^5 for x = r/cutoff < 1, else 0: value, slope and curvature vanish at the cutoff."""
-
-    def __init__(self, cutoff_nm: float):
-        super().__init__()
-        self.cutoff_nm = cutoff_nm
-
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        x = torch.clamp(r / self.cutoff_nm, 0.0, 1.0)
-        return 1.0 - x ** 3 * (10.0 - 15.0 * x + 6.0 * x ** 2)
 
 
 class GaussianRBF(nn.Module):

@@ -1,4 +1,5 @@
-"""The prior of a CG liquid: a short-range pair repulsion fitted from the onset of the reference RDF.
+"""The prior of a CG liquid: a short-range pair repulsion fitted from the onset of the reference RDF, and
+the RDF itself (minimum image, periodic boxes), which the analysis of liquids shares.
 
 Form (kJ/mol, nm): E(r) = c / r^n * S(r / cutoff), with S the network's quintic switch (value, slope
 and curvature vanish at the cutoff), so the prior is as smooth as the network. Where the RDF rises
@@ -10,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..nn.schnet import SmoothCutoff
+from ..errors import InputError
+from ..geometry import SmoothCutoff
 
 PAIR_FORM = "c/r^n*S(r/cutoff), S(x)=1-10x^3+15x^4-6x^5"
 
@@ -66,3 +68,59 @@ def fit_pair_repulsion(r_nm: np.ndarray, g: np.ndarray, temperature_K: float, cu
     slope, intercept = np.polyfit(np.log(r_nm[window]), np.log(pmf), 1)
     return PairPriorParameters(c=float(np.exp(intercept)), exponent=float(-slope), cutoff_nm=float(cutoff_nm),
                                onset_range_nm=(float(r_nm[window[0]]), float(r_nm[window[-1]])))
+
+
+@dataclass
+class RDF:
+    r_nm: np.ndarray  # bin centres
+    g: np.ndarray
+    n_frames: int
+
+
+def max_rdf_range_nm(box_vectors_nm: np.ndarray) -> float:
+    """Half the smallest box height over all frames: the range where the minimum image is exact."""
+    boxes = np.asarray(box_vectors_nm).reshape(-1, 3, 3)
+    volumes = np.abs(np.linalg.det(boxes))
+    heights = np.stack([volumes / np.linalg.norm(np.cross(boxes[:, 1], boxes[:, 2]), axis=1),
+                        volumes / np.linalg.norm(np.cross(boxes[:, 2], boxes[:, 0]), axis=1),
+                        volumes / np.linalg.norm(np.cross(boxes[:, 0], boxes[:, 1]), axis=1)], axis=1)
+    return float(0.5 * heights.min())
+
+
+def radial_distribution(positions_nm: np.ndarray, box_vectors_nm: np.ndarray, r_max_nm: float,
+                        n_bins: int = 100, bead_stride: int = 1) -> RDF:
+    """g(r) of all bead pairs, frames (F, N, 3) in boxes (F, 3, 3), on [0, r_max_nm).
+
+    Minimum-image distances (mdtraj); ``r_max_nm`` may not exceed half the smallest box height.
+    """
+    import mdtraj
+
+    positions_nm = np.asarray(positions_nm, dtype=np.float32)
+    boxes = np.asarray(box_vectors_nm, dtype=np.float32)
+    if positions_nm.ndim != 3 or boxes.shape != (len(positions_nm), 3, 3):
+        raise InputError(f"an RDF needs frames (F, N, 3) and boxes (F, 3, 3); got {positions_nm.shape} and {boxes.shape}")
+    limit = max_rdf_range_nm(boxes)
+    if r_max_nm > limit + 1e-9:
+        raise InputError(f"RDF range {r_max_nm} nm exceeds half the smallest box height ({limit:.4f} nm)")
+    n_beads = positions_nm.shape[1]
+    topology = mdtraj.Topology()
+    residue = topology.add_residue("B", topology.add_chain())
+    for _ in range(n_beads):
+        topology.add_atom("B", mdtraj.element.virtual, residue)
+    trajectory = mdtraj.Trajectory(positions_nm, topology)
+    trajectory.unitcell_vectors = boxes
+    beads = np.arange(0, n_beads, bead_stride)
+    pairs = np.array([(i, j) for k, i in enumerate(beads) for j in beads[k + 1:]], dtype=np.int64)
+    r, g = mdtraj.compute_rdf(trajectory, pairs, r_range=(0.0, r_max_nm), n_bins=n_bins)
+    return RDF(np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64), len(positions_nm))
+
+
+def fit_pair_repulsion_to_frames(positions_nm: np.ndarray, box_vectors_nm: np.ndarray, temperature_K: float,
+                                 cutoff_nm: float, max_frames: int = 1000) -> PairPriorParameters:
+    """The pair repulsion fitted to the RDF of (at most ``max_frames``, evenly spaced) frames of a liquid."""
+    frames = np.linspace(0, len(positions_nm) - 1, min(len(positions_nm), max_frames)).astype(int)
+    rdf = radial_distribution(positions_nm[frames], box_vectors_nm[frames], cutoff_nm, n_bins=400)
+    try:
+        return fit_pair_repulsion(rdf.r_nm, rdf.g, temperature_K, cutoff_nm)
+    except ValueError as error:
+        raise InputError(f"pair repulsion prior: {error}") from None

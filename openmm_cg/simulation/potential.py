@@ -1,8 +1,9 @@
 """CGPotential: an exported model as OpenMM Systems (the openmm-ml convention).
 
-    pot = CGPotential.load("models/alanine_dipeptide_cgschnet.pt")   # or a shipped model's name
+    pot = CGPotential.load("alanine_dipeptide_cgschnet")   # a shipped model's name, or a path to a .pt
     system = pot.createSystem(pot.topology(n_replicas=10))
 """
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -18,13 +19,27 @@ from ..nn.periodic import TEMPERATURE_PARAMETER
 from ..priors.terms import PriorParameters, openmm_prior_forces
 from ..topology import replicate_topology, topology_from_dict
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
-BACKENDS = ("torchforce", "pythonforce")
+# Shipped models are package data: the catalog lists each one with its model card.
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+CATALOG = MODELS_DIR / "catalog.json"
 
 
 def shipped_models() -> dict:
-    """Names of the models in the repository's ``models/`` folder -> their paths."""
-    return {path.stem: path for path in sorted(MODELS_DIR.glob("*.pt")) if not path.name.endswith(".state.pt")}
+    """Name -> path of every model in the package's catalog."""
+    catalog = json.loads(CATALOG.read_text())
+    return {name: MODELS_DIR / entry["file"] for name, entry in catalog["models"].items()}
+
+
+def _declared_bonds(topology: app.Topology):
+    """A zero-strength bond for every CG bond: OpenMM learns molecules only from bonds its own forces declare, and a
+    MonteCarloBarostat scales each molecule's centre, so without them it would move every bead on its own and
+    stretch the molecules. Adds no energy and no force."""
+    force = openmm.HarmonicBondForce()
+    force.setName("openmm-cg declared CG bonds (zero strength)")
+    for bond in topology.bonds():
+        force.addBond(bond.atom1.index, bond.atom2.index, 0.0, 0.0)
+    force.setUsesPeriodicBoundaryConditions(True)
+    return force
 
 
 class _NetworkOnly(torch.nn.Module):
@@ -124,7 +139,7 @@ class CGPotential:
         ``temperature_K``: required by temperature-aware models (the thermostat's temperature), ignored otherwise.
         """
         if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}")
+            raise ValueError(f"backend must be one of {tuple(BACKENDS)}")
         if self.temperature_aware and temperature_K is None:
             raise ValueError(f"{self.path.name} is a temperature-aware model: pass createSystem(temperature_K=...), "
                              "the temperature the System will be simulated at")
@@ -142,22 +157,24 @@ class CGPotential:
             if priors_as_openmm_forces:
                 raise ValueError("priors_as_openmm_forces is for molecular models; a periodic model's pair prior "
                                  "stays inside the TorchScript module")
+            if topology.getNumBonds():
+                system.addForce(_declared_bonds(topology))
         if priors_as_openmm_forces:
             params = PriorParameters.from_dict(self.metadata["priors"])
             for force in openmm_prior_forces(params, self.n_beads, n_replicas):
                 system.addForce(force)
-        if backend == "torchforce":
-            module = self.module
-            if priors_as_openmm_forces:
-                module = torch.jit.script(_NetworkOnly(self.module, self.n_beads))
-            force = openmmtorch().TorchForce(module)
-            if self.temperature_aware:
-                force.addGlobalParameter(TEMPERATURE_PARAMETER, float(temperature_K))
-        else:
-            force = self._python_force(priors_as_openmm_forces, compile, torch_device, temperature_K)
+        force = BACKENDS[backend](self, priors_as_openmm_forces, compile, torch_device, temperature_K)
         force.setUsesPeriodicBoundaryConditions(self.periodic)
         system.addForce(force)
         return system
+
+    def _torch_force(self, network_only: bool, compile: bool, torch_device: Optional[str],
+                     temperature_K: Optional[float]):
+        module = torch.jit.script(_NetworkOnly(self.module, self.n_beads)) if network_only else self.module
+        force = openmmtorch().TorchForce(module)
+        if self.temperature_aware:
+            force.addGlobalParameter(TEMPERATURE_PARAMETER, float(temperature_K))
+        return force
 
     def _python_force(self, network_only: bool, compile: bool, torch_device: Optional[str],
                       temperature_K: Optional[float]):
@@ -177,20 +194,22 @@ class CGPotential:
         def compute(state):
             xyz = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
             positions = torch.tensor(np.asarray(xyz), dtype=dtype, device=device)
+            boxes, temperatures = None, None
             if periodic:
                 box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer)
                 positions = positions.unsqueeze(0).requires_grad_(True)
                 boxes = torch.tensor(np.asarray(box), dtype=dtype, device=device).unsqueeze(0)
-                if temperature_aware:
-                    temperature = torch.tensor([state.getParameters()[TEMPERATURE_PARAMETER]], dtype=dtype, device=device)
-                    energy = energy_fn(positions, boxes, temperature).sum()
-                else:
-                    energy = energy_fn(positions, boxes).sum()
             else:
                 positions = positions.reshape(-1, n_beads, 3).requires_grad_(True)
-                energy = energy_fn(positions).sum()
+            if temperature_aware:
+                temperatures = torch.tensor([state.getParameters()[TEMPERATURE_PARAMETER]], dtype=dtype, device=device)
+            energy = energy_fn(positions, boxes, temperatures).sum()
             (grad,) = torch.autograd.grad(energy, positions)
             return float(energy.detach()), (-grad).reshape(-1, 3).detach().cpu().numpy().astype(np.float64)
 
         parameters = {TEMPERATURE_PARAMETER: float(temperature_K)} if temperature_aware else {}
         return openmm.PythonForce(compute, parameters)
+
+
+# How each backend makes the force: (potential, network_only, compile, torch_device, temperature_K) -> Force.
+BACKENDS = {"torchforce": CGPotential._torch_force, "pythonforce": CGPotential._python_force}

@@ -11,7 +11,6 @@ Periodic models (liquids) take the starting box; with ``pressure_bar`` set, a Mo
 the run NPT. Box vectors go into every trajectory frame and the box volume into the log.
 """
 import csv
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,15 +18,15 @@ from typing import Optional
 
 import numpy as np
 
-from .._runtime import best_platform_name, openmm
+from .._runtime import langevin_integrator, openmm, platform
 from openmm import app, unit
 
-from ..errors import InputError, OutputExistsError, SimulationBlowUpError
-from ..outputs import sha256_of_file, write_json
+from ..errors import InputError, ModelFileError, SimulationBlowUpError
+from ..outputs import RunFolder, atomic_path, sha256_of_arrays
 from ..units import MOLAR_GAS_CONSTANT_KJ_PER_MOL_K
 from .potential import CGPotential
-
-TRAJECTORY_FORMATS = ("dcd", "h5")
+from .trajectory import FORMATS as TRAJECTORY_FORMATS
+from .trajectory import TrajectoryWriter
 LOG_FIELDS = ["step", "time_ps", "potential_energy_kJ_per_mol", "kinetic_energy_kJ_per_mol", "temperature_K",
               "ns_per_day", "box_volume_nm3"]
 
@@ -63,88 +62,26 @@ class SimulationConfig:
             raise InputError("pressure_bar must be positive and barostat_interval_steps at least 1")
 
 
-class _TrajectoryWriter:
-    def __init__(self, path: Path, topology: app.Topology, fmt: str, dt_ps: float, interval: int, append: bool):
-        self.path, self.fmt = path, fmt
-        if fmt == "dcd":
-            self.handle = open(path, "r+b" if append else "wb")
-            self.file = app.DCDFile(self.handle, topology, dt_ps * unit.picosecond, interval=interval,
-                                    append=append)
-        else:
-            from mdtraj.formats import HDF5TrajectoryFile
-            import mdtraj
+def initial_positions(potential: CGPotential, init, n_replicas: int, seed: int) -> np.ndarray:
+    """(R*N, 3) starting positions in nm: R frames drawn (seeded) from a CG dataset (.h5), a PDB of the beads
+    (one molecule, replicated, or all R), or the model's example structure when ``init`` is None."""
+    from ..data.datasets import CGDataset
 
-            self.file = HDF5TrajectoryFile(str(path), mode="a" if append else "w")
-            if not append:
-                self.file.topology = mdtraj.Topology.from_openmm(topology)
-
-    def write(self, positions_nm: np.ndarray, time_ps: float, box_nm: Optional[np.ndarray] = None) -> None:
-        if self.fmt == "dcd":
-            box = None if box_nm is None else [openmm.Vec3(*row) for row in box_nm] * unit.nanometer
-            self.file.writeModel(positions_nm * unit.nanometer, periodicBoxVectors=box)
-        elif box_nm is None:
-            self.file.write(positions_nm[None].astype(np.float32), time=np.array([time_ps], dtype=np.float32))
-        else:
-            from mdtraj.utils import box_vectors_to_lengths_and_angles
-
-            *lengths, alpha, beta, gamma = box_vectors_to_lengths_and_angles(*np.asarray(box_nm))
-            self.file.write(positions_nm[None].astype(np.float32), time=np.array([time_ps], dtype=np.float32),
-                            cell_lengths=np.array([lengths], dtype=np.float32),
-                            cell_angles=np.array([[alpha, beta, gamma]], dtype=np.float32))
-
-    def close(self) -> None:
-        if self.fmt == "dcd":
-            self.handle.close()
-        else:
-            self.file.close()
-
-
-def _truncate_trajectory(path: Path, topology: app.Topology, fmt: str, n_frames: int) -> None:
-    """Drop frames written after the last checkpoint (they will be simulated again)."""
-    import mdtraj
-
-    if not path.exists():
-        return
-    if fmt == "h5":
-        import h5py
-
-        with h5py.File(path, "a") as h5:
-            for name in ("coordinates", "time"):
-                if name in h5 and h5[name].shape[0] > n_frames:
-                    h5[name].resize(n_frames, axis=0)
-        return
-    trajectory = mdtraj.load_dcd(str(path), top=mdtraj.Topology.from_openmm(topology))
-    if len(trajectory) != n_frames:
-        trajectory[:n_frames].save_dcd(str(path))
-
-
-def load_run_frames(out_dir, skip_ps: float = 0.0):
-    """(positions (F, N, 3) nm, boxes (F, 3, 3) nm or None) of a folder written by ``run_simulation`` or by a
-    learned-dynamics rollout (``trajectory.dcd`` or ``.h5``), float64, without the first ``skip_ps``."""
-    import mdtraj
-
-    out_dir = Path(out_dir)
-    paths = [out_dir / f"trajectory.{fmt}" for fmt in ("dcd", "h5") if (out_dir / f"trajectory.{fmt}").exists()]
-    if not paths:
-        raise InputError(f"{out_dir} holds no trajectory.dcd or trajectory.h5")
-    if paths[0].suffix == ".h5":
-        trajectory = mdtraj.load_hdf5(str(paths[0]))
-    else:
-        trajectory = mdtraj.load_dcd(str(paths[0]), top=str(out_dir / "topology.pdb"))
-    skip = 0
-    if skip_ps > 0:
-        if (out_dir / "progress.json").exists():
-            config = json.loads((out_dir / "progress.json").read_text())["config"]
-            frame_ps = config["report_interval"] * config["timestep_ps"]
-        else:  # a rollout
-            rollout = json.loads((out_dir / "rollout.json").read_text())
-            frame_ps = rollout["config"]["report_interval"] * rollout["step_ps"]
-        skip = int(round(skip_ps / frame_ps))
-    if skip >= trajectory.n_frames:
-        raise InputError(f"{out_dir} has {trajectory.n_frames} frames; skipping {skip_ps} ps leaves none")
-    boxes = trajectory.unitcell_vectors
-    return (trajectory.xyz[skip:].astype(np.float64),
-            None if boxes is None else boxes[skip:].astype(np.float64))
+    if init is None:
+        return potential.example_positions(n_replicas)
+    path = Path(init)
+    if path.suffix in (".h5", ".hdf5"):
+        dataset = CGDataset.load(path)
+        if dataset.mapping.n_beads != potential.n_beads:
+            raise ModelFileError(f"{path} has {dataset.mapping.n_beads} beads per frame; the model has {potential.n_beads}")
+        frames = np.random.default_rng(seed).choice(dataset.n_frames, size=n_replicas, replace=n_replicas > dataset.n_frames)
+        return dataset.positions_nm[frames].reshape(-1, 3).astype(np.float64)
+    pdb = app.PDBFile(str(path))
+    xyz = np.array(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    if len(xyz) == potential.n_beads:
+        return np.tile(xyz, (n_replicas, 1))
+    potential.n_replicas_of(pdb.topology)
+    return xyz
 
 
 def kinetic_temperature_K(kinetic_energy_kJ_per_mol: float, n_dof: int) -> float:
@@ -153,7 +90,8 @@ def kinetic_temperature_K(kinetic_energy_kJ_per_mol: float, n_dof: int) -> float
 
 def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: SimulationConfig, out_dir,
                    overwrite: bool = False, progress: bool = True, box_vectors_nm: Optional[np.ndarray] = None) -> dict:
-    """Simulate ``positions_nm`` ((R*N, 3), R replicas of the model's molecule) and write to ``out_dir``.
+    """Simulate ``positions_nm`` ((R*N, 3), R replicas of the model's molecule) in the run folder ``out_dir``;
+    a folder holding an earlier run of the same settings, model and start is continued.
 
     Periodic models need ``box_vectors_nm`` (3x3, rows a, b, c: the starting box)."""
     config.validate()
@@ -162,18 +100,6 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
                          else f"{potential.path.name} is not periodic: it takes no box vectors")
     if config.pressure_bar is not None and not potential.periodic:
         raise InputError("pressure_bar (NPT) needs a periodic model")
-    out_dir = Path(out_dir)
-    progress_path = out_dir / "progress.json"
-    resume = progress_path.exists() and not overwrite
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        if not overwrite:
-            raise OutputExistsError(f"{out_dir} already holds results (and no checkpoint to resume); "
-                                    "pass overwrite=True (--overwrite) to replace them")
-        import shutil
-
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
     positions_nm = np.asarray(positions_nm, dtype=np.float64).reshape(-1, 3)
     if not np.isfinite(positions_nm).all():
         raise InputError("initial positions contain NaN/Inf")
@@ -184,53 +110,50 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
     temperature = config.temperature_K or potential.temperature_K
     system = potential.createSystem(topology, backend=config.backend,
                                     priors_as_openmm_forces=config.priors_as_openmm_forces, temperature_K=temperature)
+    start = sha256_of_arrays(positions_nm, np.asarray(box_vectors_nm if box_vectors_nm is not None else [], np.float64))
+    # n_steps may grow (extend a run) and threads may differ (another machine): neither changes the physics
+    run = RunFolder.open(out_dir, "simulation", {"config": asdict(config), "start_sha256": start},
+                         {"model": potential.path}, resume=True, overwrite=overwrite,
+                         mutable=("config.n_steps", "config.threads"))
     if config.pressure_bar is not None:
         barostat = openmm.MonteCarloBarostat(config.pressure_bar * unit.bar, temperature * unit.kelvin,
                                              config.barostat_interval_steps)
         barostat.setRandomNumberSeed(config.seed + 1)
         system.addForce(barostat)
-    integrator = openmm.LangevinMiddleIntegrator(temperature * unit.kelvin, config.friction_per_ps / unit.picosecond,
-                                                 config.timestep_ps * unit.picosecond)
-    integrator.setRandomNumberSeed(config.seed + 1)  # OpenMM reads seed 0 as "random"
-    platform_name = config.platform or best_platform_name()
-    properties = {"Threads": str(config.threads)} if (config.threads and platform_name == "CPU") else {}
-    simulation = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName(platform_name),
-                                properties)
+    integrator = langevin_integrator(temperature, config.friction_per_ps, config.timestep_ps, config.seed)
+    platform_object, properties = platform(config.platform, config.threads)
+    simulation = app.Simulation(topology, system, integrator, platform_object, properties)
     n_dof = 3 * system.getNumParticles()
 
-    model_sha256 = sha256_of_file(potential.path)
-    traj_path = out_dir / f"trajectory.{config.trajectory_format}"
-    log_path = out_dir / "log.csv"
-    checkpoint_path = out_dir / "checkpoint.chk"
-    if resume:
-        state = json.loads(progress_path.read_text())
-        # n_steps may grow (extend a run) and threads may differ (another machine): neither changes the physics
-        if state["config"] | {"n_steps": 0, "threads": None} != asdict(config) | {"n_steps": 0, "threads": None}:
-            raise InputError(f"{out_dir} holds a run with different settings; use another folder or --overwrite")
-        if state.get("model_sha256") != model_sha256:
-            raise InputError(f"{out_dir} holds a run of a different model file than {potential.path}; "
-                             "use another folder or --overwrite")
+    traj_path = run.file(f"trajectory.{config.trajectory_format}")
+    log_path = run.file("log.csv")
+    checkpoint_path = run.file("checkpoint.chk")
+    state = run.progress if run.resumed else None
+    if state is not None:
         simulation.loadCheckpoint(str(checkpoint_path))
-        step, n_frames = int(state["step"]), int(state["frames"])
+        # The checkpoint's own step count decides (a kill between it and progress.json leaves them apart).
+        step = simulation.context.getStepCount()
+        n_frames = -(-step // config.report_interval)
         wall_seconds = float(state.get("wall_seconds", 0.0))
-        _truncate_trajectory(traj_path, topology, config.trajectory_format, n_frames)
         _truncate_log(log_path, step)
     else:
         simulation.context.setPositions(positions_nm)
         simulation.context.setVelocitiesToTemperature(temperature * unit.kelvin, config.seed + 1)
         step, n_frames, wall_seconds = 0, 0, 0.0
-        app.PDBFile.writeFile(topology, positions_nm * 10.0 * unit.angstrom, open(out_dir / "topology.pdb", "w"))
+        with open(run.file("topology.pdb"), "w") as handle:
+            app.PDBFile.writeFile(topology, positions_nm * 10.0 * unit.angstrom, handle)
         with open(log_path, "w", newline="") as handle:
             csv.writer(handle).writerow(LOG_FIELDS)
 
-    writer = _TrajectoryWriter(traj_path, topology, config.trajectory_format, config.timestep_ps,
-                               config.report_interval, append=resume and traj_path.exists())
-    watch = _BlowUpWatch(config, temperature, n_dof, out_dir, simulation.context, step)
+    writer = TrajectoryWriter(traj_path, topology, config.timestep_ps, config.report_interval,
+                              resume_frames=n_frames if state is not None else None)
+    watch = _BlowUpWatch(config, temperature, n_dof, run.path, simulation.context, step)
 
     from tqdm.auto import tqdm
 
     # wall time over every session of the run, so a finished run that is resumed still reports its speed
     started, start_step, wall_seconds_before = time.perf_counter(), step, wall_seconds
+    platform_name = platform_object.getName()
     try:
         with open(log_path, "a", newline="") as log, tqdm(total=config.n_steps, initial=min(step, config.n_steps),
                                                           desc="CG simulation", unit="step", disable=not progress) as bar:
@@ -258,15 +181,13 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
                 bar.update(block)
                 if step % config.checkpoint_interval == 0 or step == config.n_steps:
                     log.flush()
-                    writer.close()
-                    simulation.saveCheckpoint(str(checkpoint_path))
+                    writer.flush()
+                    with atomic_path(checkpoint_path) as tmp:
+                        simulation.saveCheckpoint(str(tmp))
                     wall_seconds = wall_seconds_before + time.perf_counter() - started
-                    write_json(progress_path, {"step": step, "frames": n_frames, "config": asdict(config),
-                                               "wall_seconds": wall_seconds,
-                                               "model": str(potential.path), "model_sha256": model_sha256,
-                                               "platform": platform_name, "n_replicas": n_replicas})
-                    writer = _TrajectoryWriter(traj_path, topology, config.trajectory_format, config.timestep_ps,
-                                               config.report_interval, append=True)
+                    run.write_progress({"step": step, "frames": n_frames, "wall_seconds": wall_seconds,
+                                        "model": str(potential.path), "platform": platform_name,
+                                        "n_replicas": n_replicas})
     finally:
         writer.close()
     return {

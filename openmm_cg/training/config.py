@@ -1,5 +1,6 @@
 """Training configuration: YAML in, dataclasses in memory, the expanded YAML saved next to outputs."""
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+import json
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import List, Optional, Union
 
@@ -117,10 +118,6 @@ def load_config(path) -> TrainConfig:
     if not path.exists():
         raise InputError(f"config file {path} does not exist")
     with open(path) as handle:
-        data = yaml.safe_load(handle)
+        # A run folder's config.json is read as JSON: YAML 1.1 reads numbers like 1e-06 as strings.
+        data = json.load(handle) if path.suffix == ".json" else yaml.safe_load(handle)
     return config_from_dict(data)
-
-
-def save_config(config: TrainConfig, path) -> None:
-    with open(path, "w") as handle:
-        yaml.safe_dump(asdict(config), handle, sort_keys=False)

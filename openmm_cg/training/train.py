@@ -14,25 +14,38 @@ import hashlib
 import json
 import resource
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ..analysis.liquid import max_rdf_range_nm, radial_distribution
 from ..data.datasets import CGDataset, trajectory_split
-from ..errors import InputError, OutputExistsError
-from ..export import export_model, liquid_model_description, model_metadata
+from ..errors import InputError
 from ..mapping.cgmap import repeat_unit
-from ..nn.periodic import TEMPERATURE_PARAMETER, PeriodicCGPotentialModule
+from ..nn.kinds import potential_metadata
+from ..nn.periodic import PeriodicCGPotentialModule
 from ..nn.potential import CGPotentialModule
-from ..outputs import write_json
+from ..outputs import RunFolder
 from ..priors.fit import fit_priors
-from ..priors.pair import PairPriorParameters, fit_pair_repulsion
+from ..priors.pair import PairPriorParameters, fit_pair_repulsion_to_frames, max_rdf_range_nm
 from ..priors.terms import PriorEnergy, PriorParameters
-from .config import TrainConfig, save_config
+from .config import TrainConfig, load_config
+from .lightning import fit, lightning, load_state_dict, loader, make_trainer
+
+# Settings a resumed run may change: neither changes what the network is trained on.
+RESUMABLE_CHANGES = ("training.max_epochs", "data.validation_frame_stride")
+
+
+@dataclass
+class TrainedModel:
+    """A trained potential in memory: the module, the metadata of its model file, the training summary and
+    the run folder it was trained in. Writing the model file is ``export.save_model``'s job."""
+    module: torch.nn.Module
+    metadata: dict
+    summary: dict
+    run_dir: Path
 
 
 def prior_forces(params: PriorParameters, positions_nm: np.ndarray, chunk: int = 50_000) -> np.ndarray:
@@ -45,13 +58,7 @@ def prior_forces(params: PriorParameters, positions_nm: np.ndarray, chunk: int =
     return np.concatenate(out)
 
 
-def _lightning():
-    import lightning.pytorch as pl
-
-    return pl
-
-
-class ForceMatching(_lightning().LightningModule):
+class ForceMatching(lightning().LightningModule):
     """Trains ``model.network`` on delta forces: loss = mean over beads and components of squared error."""
 
     def __init__(self, model: CGPotentialModule, learning_rate: float, weight_decay: float, lr_factor: float,
@@ -88,7 +95,7 @@ class ForceMatching(_lightning().LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_mse"}}
 
 
-class _Throughput(_lightning().Callback):
+class _Throughput(lightning().Callback):
     """Training frames per second, measured over the training epochs (validation excluded)."""
 
     def __init__(self):
@@ -102,46 +109,16 @@ class _Throughput(_lightning().Callback):
         self.frames += len(trainer.train_dataloader.dataset)
 
 
-def _loader(arrays, batch_size: int, shuffle: bool, seed: int):
-    dataset = torch.utils.data.TensorDataset(*(torch.as_tensor(a) for a in arrays))
-    generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-
-
-def _prepare_output(output: Path, config: TrainConfig, resume: bool, overwrite: bool) -> Path:
-    saved = output / "config.yaml"
-    if output.exists() and any(output.iterdir()):
-        if overwrite:
-            import shutil
-
-            shutil.rmtree(output)
-        elif not resume:
-            raise OutputExistsError(f"{output} already holds a training run; pass resume=True (--resume) to continue "
-                                    "it or overwrite=True (--overwrite) to start again")
-        elif saved.exists():
-            from .config import load_config
-
-            previous = asdict(load_config(saved))
-            current = asdict(config)
-            for settings in (previous, current):  # neither changes what the network is trained on
-                settings["training"].pop("max_epochs"), settings["data"].pop("validation_frame_stride")
-            if previous != current:
-                raise InputError(f"{output} was trained with a different config; resume needs the same settings "
-                                 "(only training.max_epochs and data.validation_frame_stride may change)")
-    output.mkdir(parents=True, exist_ok=True)
-    return output
-
-
-def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
-    """Fit priors, train the network, export ``model.pt``; returns the summary written to ``summary.json``."""
-    pl = _lightning()
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainedModel:
+    """Fit priors and train the network in the run folder ``config.output``; returns the trained model in memory
+    (its summary is also written to ``summary.json``)."""
     config.validate()
-    output = _prepare_output(Path(config.output), config, resume, overwrite)
-    save_config(config, output / "config.yaml")
-    pl.seed_everything(config.seed, workers=True, verbose=False)
-
     paths = config.data.paths()
     datasets = load_datasets(paths)
+    run = RunFolder.open(config.output, "training", asdict(config), {f"dataset {k}": p for k, p in enumerate(paths)},
+                         resume=resume, overwrite=overwrite, mutable=RESUMABLE_CHANGES)
+    lightning().seed_everything(config.seed, workers=True, verbose=False)
+
     stride = max(1, int(config.data.frame_stride))
     splits = [trajectory_split(d, config.data.validation_fraction, config.seed) for d in datasets]
     train_sets = [d.select_trajectories(t) for d, (t, _) in zip(datasets, splits)]
@@ -152,12 +129,12 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
         check_cutoff_fits_boxes(network_config.cutoff_nm, datasets, paths)
     temperature_reference = temperature_reference_K(config, datasets)
 
-    priors_path = output / "priors.json"
+    priors_path = run.path / "priors.json"
     if priors_path.exists():
         params = _read_priors(priors_path, periodic)
     else:
         params = _fit_priors(config, train_sets[0], network_config.cutoff_nm)
-        write_json(priors_path, params.to_dict() if params is not None else {})
+        run.write_json("priors.json", params.to_dict() if params is not None else {})
 
     with_temperatures = temperature_reference is not None
     train_arrays = _delta_arrays(params, train_sets, stride, with_temperatures)
@@ -170,28 +147,12 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
     opt = config.training
     task = ForceMatching(model, opt.learning_rate, opt.weight_decay, opt.lr_factor, opt.lr_patience,
                          opt.min_learning_rate)
-
-    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=output / "checkpoints", monitor="val_mse", mode="min",
-                                              save_last=True, filename="best")
+    trainer, _ = make_trainer(run, "val_mse", opt.max_epochs, opt.early_stopping_patience, opt.max_time_minutes,
+                              progress, opt.accelerator, opt.devices)
     throughput = _Throughput()
-    callbacks = [checkpoint, throughput,
-                 pl.callbacks.EarlyStopping(monitor="val_mse", patience=opt.early_stopping_patience, mode="min")]
-    if progress:
-        callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=20))
-    trainer = pl.Trainer(
-        max_epochs=opt.max_epochs, accelerator=opt.accelerator, devices=opt.devices, callbacks=callbacks,
-        # A new version folder per (re)start: Lightning's CSV writer would overwrite earlier epochs.
-        logger=pl.loggers.CSVLogger(output, name="metrics"), default_root_dir=output,
-        enable_progress_bar=progress, enable_model_summary=False, deterministic=False,
-        max_time={"minutes": opt.max_time_minutes} if opt.max_time_minutes else None,
-        num_sanity_val_steps=0, log_every_n_steps=50,
-    )
-    last = output / "checkpoints" / "last.ckpt"
-    trainer.fit(task, _loader(train_arrays, opt.batch_size, True, config.seed),
-                _loader(val_arrays, _evaluation_batch(opt.batch_size, periodic), False, config.seed),
-                ckpt_path=str(last) if (resume and last.exists()) else None)
-
-    best = checkpoint.best_model_path or str(last)
+    trainer.callbacks.append(throughput)
+    best = fit(trainer, task, _loader(train_arrays, opt.batch_size, True, config.seed),
+               _loader(val_arrays, _evaluation_batch(opt.batch_size, periodic), False, config.seed), run, resume)
     model = _load_checkpoint(model, best)
     val_mse = _mse(model, val_arrays)
 
@@ -210,10 +171,44 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
         "peak_memory_MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "best_checkpoint": str(best),
     }
-    write_json(output / "summary.json", summary)
-    summary["model"] = str(export_run(output, output / "model.pt", dtype=opt.export_dtype, overwrite=True))
-    write_json(output / "summary.json", summary)
-    return summary
+    run.write_json("summary.json", summary)
+    return TrainedModel(model, _metadata(model, config, datasets, summary), summary, run.path)
+
+
+def load_trained(run_dir, checkpoint: str = "best") -> TrainedModel:
+    """The model of a training run folder at its best or last checkpoint, rebuilt from the folder."""
+    run_dir = Path(run_dir)
+    if checkpoint not in ("best", "last"):
+        raise InputError("checkpoint must be 'best' or 'last'")
+    checkpoint_path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
+    for needed in (run_dir / "config.json", run_dir / "priors.json", checkpoint_path):
+        if not needed.exists():
+            raise InputError(f"{run_dir} is not a finished training run: {needed.name} is missing")
+    config = load_config(run_dir / "config.json")
+    datasets = load_datasets(config.data.paths())
+    periodic = datasets[0].periodic
+    params = _read_priors(run_dir / "priors.json", periodic)
+    model = _load_checkpoint(_build_model(datasets[0].mapping, periodic, params, config.model.network(),
+                                          temperature_reference=temperature_reference_K(config, datasets)),
+                             checkpoint_path)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return TrainedModel(model, _metadata(model, config, datasets, summary), summary, run_dir)
+
+
+def _metadata(model, config: TrainConfig, datasets, summary: dict) -> dict:
+    first = datasets[0]
+    if first.periodic:
+        # A periodic model describes the repeating molecule; the full reference mapping and one frame go beside it.
+        mapping_dict = dict(repeat_unit(first.mapping), mapping=first.mapping.to_dict())
+        extra = {"example_liquid_frame": {"positions_nm": first.positions_nm[0].tolist(),
+                                          "box_nm": first.box_vectors_nm[0].tolist()}}
+    else:
+        mapping_dict, extra = first.mapping.to_dict(), {"example_positions_nm": first.positions_nm[0].tolist()}
+    extra["training"] = {"config": asdict(config), "summary": summary}
+    hashes = [d.data_hash() for d in datasets]
+    data_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
+    return potential_metadata(model, mapping_dict, [d.temperature_K for d in datasets], data_hash, extra)
 
 
 def load_datasets(paths) -> list:
@@ -256,12 +251,8 @@ def _fit_priors(config: TrainConfig, reference: CGDataset, cutoff_nm: float):
                           p.n_dihedral_terms, p.angles, p.dihedrals, p.repulsion)
     if not p.repulsion:
         return None
-    frames = np.linspace(0, reference.n_frames - 1, min(reference.n_frames, 1000)).astype(int)
-    rdf = radial_distribution(reference.positions_nm[frames], reference.box_vectors_nm[frames], cutoff_nm, n_bins=400)
-    try:
-        return fit_pair_repulsion(rdf.r_nm, rdf.g, reference.temperature_K, cutoff_nm)
-    except ValueError as error:
-        raise InputError(f"pair repulsion prior: {error}") from None
+    return fit_pair_repulsion_to_frames(reference.positions_nm, reference.box_vectors_nm, reference.temperature_K,
+                                        cutoff_nm)
 
 
 def _read_priors(path: Path, periodic: bool):
@@ -303,42 +294,14 @@ def _delta_arrays(params, subsets, stride: int, with_temperatures: bool = False,
     return x, boxes, f
 
 
+def _loader(arrays, batch_size: int, shuffle: bool, seed: int):
+    return loader(torch.utils.data.TensorDataset(*(torch.as_tensor(a) for a in arrays)), batch_size, shuffle, seed)
+
+
 def _load_checkpoint(model, checkpoint_path):
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_state_dict(checkpoint_path)
     model.load_state_dict({key[len("model."):]: value for key, value in state.items() if key.startswith("model.")})
     return model.cpu().eval()
-
-
-def export_run(run_dir, path, dtype: str = "float32", checkpoint: str = "best", overwrite: bool = False):
-    """Export the model of a training run folder (its best or last checkpoint) as one ``.pt``."""
-    from .config import load_config
-
-    run_dir = Path(run_dir)
-    checkpoint_path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-    for needed in (run_dir / "config.yaml", run_dir / "priors.json", checkpoint_path):
-        if not needed.exists():
-            raise InputError(f"{run_dir} is not a finished training run: {needed.name} is missing")
-    config = load_config(run_dir / "config.yaml")
-    datasets = load_datasets(config.data.paths())
-    first, periodic = datasets[0], datasets[0].periodic
-    params = _read_priors(run_dir / "priors.json", periodic)
-    temperature_reference = temperature_reference_K(config, datasets)
-    model = _load_checkpoint(_build_model(first.mapping, periodic, params, config.model.network(),
-                                          temperature_reference=temperature_reference), checkpoint_path)
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    if periodic:
-        mapping_dict, extra = liquid_model_description(first)
-    else:
-        mapping_dict, extra = first.mapping.to_dict(), {"example_positions_nm": first.positions_nm[0].tolist()}
-    extra["training"] = {"config": asdict(config), "summary": summary}
-    if temperature_reference is not None:
-        extra["temperature_input"] = {"global_parameter": TEMPERATURE_PARAMETER, "reference_K": temperature_reference}
-    hashes = [d.data_hash() for d in datasets]
-    data_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
-    metadata = model_metadata(model, mapping_dict, params, config.model.network(),
-                              [d.temperature_K for d in datasets], data_hash, extra=extra)
-    return export_model(model, metadata, path, dtype=dtype, overwrite=overwrite)
 
 
 def _evaluation_batch(batch_size: int, periodic: bool) -> int:
