@@ -159,6 +159,9 @@ def rescript(path, kind: str = POTENTIAL) -> Path:
     """Export a model file again with this version's code, from the weights beside it and its metadata: the same
     function, this version's implementation."""
     module, metadata = load_eager(path, kind)
+    metadata = dict(metadata, model_kind=kind_of(metadata).name)
+    if hasattr(module, "describe"):  # a potential: its description as this version writes it
+        metadata.update(module.describe())
     return save_model(module, metadata, path, metadata.get("dtype", "float32"), overwrite=True)
 
 

@@ -19,6 +19,7 @@ def test_simulate_example_with_the_shipped_model(tmp_path):
     assert "basin populations" in result.stdout and (tmp_path / "t.dcd").stat().st_size > 0
 
 
+@pytest.mark.slow  # the same stages run in test_demo_small_budget and test_training; this adds the example's wiring
 def test_reproduce_example_smoke(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "reproduce_alanine_dipeptide_model.py"),
                              "--work", str(tmp_path / "work"), "--out", str(tmp_path / "model.pt"),

@@ -221,3 +221,40 @@ def test_virial_equals_the_energy_derivative_under_box_scaling():
         du_dv = (energies[0] - energies[1]) / (volume * ((1 + h) ** 3 - (1 - h) ** 3))
         expected = pressure_bar(len(x) * kT_kJ_per_mol(300.0) / volume - du_dv)
         assert float(pressure[0]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_barostat_moves_keep_the_bonds_of_multi_bead_molecules(tmp_path):
+    """OpenMM learns molecules only from bonds its forces declare (a TorchForce declares none): createSystem
+    declares the CG bonds of a periodic model, so a MonteCarloBarostat scales molecule centres and keeps bonds."""
+    import openmm
+    from openmm import unit
+
+    from openmm_cg.export import save_model
+    from openmm_cg.nn.kinds import potential_metadata
+    from openmm_cg.simulation.potential import CGPotential
+
+    module = PeriodicCGPotentialModule([0, 1], PairPriorParameters(c=1e-6, exponent=12.0, cutoff_nm=0.8), None)
+    dimer = {"bead_names": ["A", "B"], "bead_types": [0, 1], "type_names": ["A", "B"], "masses_amu": [16.0, 16.0],
+             "cg_topology": {"chains": [{"id": "A", "residues": [{"name": "DIM", "id": "1", "atoms": [
+                 {"name": "A", "element": None}, {"name": "B", "element": None}]}]}], "bonds": [[0, 1]]}}
+    path = save_model(module, potential_metadata(module, dimer, [300.0], "test"), tmp_path / "dimer.pt",
+                      dtype="float64")
+    potential = CGPotential.load(path)
+    centres = (np.stack(np.meshgrid(*[np.arange(3)] * 3, indexing="ij"), -1).reshape(-1, 3) + 0.5) * 1.2
+    directions = np.random.default_rng(0).normal(size=(27, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    x = np.stack([centres - 0.15 * directions, centres + 0.15 * directions], 1).reshape(-1, 3)
+    topology = potential.topology(27, box_vectors_nm=np.eye(3) * 3.6)
+    system = potential.createSystem(topology)
+    system.addForce(openmm.MonteCarloBarostat(1 * unit.bar, 300 * unit.kelvin, 1))
+    integrator = openmm.VerletIntegrator(1e-7 * unit.picosecond)  # beads stand still: only barostat moves count
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(x)
+    assert sorted(map(len, context.getMolecules())) == [2] * 27
+    bonds = lambda y: np.linalg.norm(y[1::2] - y[0::2], axis=1)  # noqa: E731
+    integrator.step(100)
+    state = context.getState(getPositions=True)
+    volume = state.getPeriodicBoxVolume().value_in_unit(unit.nanometer ** 3)
+    assert abs(volume / 3.6 ** 3 - 1) > 0.05  # the box did move (an ideal-ish gas at 1 bar expands)
+    np.testing.assert_allclose(bonds(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)), bonds(x),
+                               atol=1e-6)

@@ -222,10 +222,10 @@ def test_abbreviated_options_are_not_accepted(toy_run, tmp_path):
 
 # -- run folders -----------------------------------------------------------------------------------------------
 
-def test_overwrite_removes_only_what_the_package_wrote(ala2_exported, tmp_path, capsys):
+def test_overwrite_removes_only_what_the_package_wrote(ala2_exported, ala2_dataset, tmp_path, capsys):
     out = tmp_path / "sim"
     model = str(ala2_exported["float32"])
-    argv = ["simulate", model, "--steps", "40", "--report-interval", "20", "--checkpoint-interval", "40",
+    argv = ["simulate", model, "--init", str(ala2_dataset[0]), "--steps", "40", "--report-interval", "20", "--checkpoint-interval", "40",
             "--platform", "CPU", "--out", str(out)]
     assert main(argv) == 0
     (out / "notes.txt").write_text("my notes")

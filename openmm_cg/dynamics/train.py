@@ -23,7 +23,7 @@ from .data import PolymerCGData, split_chains
 from .model import DYNAMICS, DYNAMICS_KIND, SCORE, SCORE_KIND, CGDynamics, DynamicsConfig, ScoreNetwork
 
 # Settings a resumed run may change.
-RESUMABLE_CHANGES = ("max_epochs", "max_time_minutes")
+RESUMABLE_CHANGES = ("max_epochs", "max_time_minutes", "output")
 
 
 @dataclass

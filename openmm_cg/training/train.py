@@ -34,8 +34,8 @@ from ..priors.terms import PriorEnergy, PriorParameters
 from .config import TrainConfig, load_config
 from .lightning import fit, lightning, load_state_dict, loader, make_trainer
 
-# Settings a resumed run may change: neither changes what the network is trained on.
-RESUMABLE_CHANGES = ("training.max_epochs", "data.validation_frame_stride")
+# Settings a resumed run may change: none changes what the network is trained on (the folder may be moved).
+RESUMABLE_CHANGES = ("training.max_epochs", "data.validation_frame_stride", "output")
 
 
 @dataclass
