@@ -27,11 +27,13 @@ ROOT = HERE.parent
 
 
 def openmm_steps_per_second(potential, n_replicas: int, n_steps: int, backend: str, threads: int) -> float:
-    from openmm import LangevinMiddleIntegrator, Context, Platform, unit
+    from openmm import Context, unit
+
+    from openmm_cg._runtime import langevin_integrator, platform
 
     system = potential.createSystem(potential.topology(n_replicas), backend=backend)
-    integrator = LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.002 * unit.picosecond)
-    context = Context(system, integrator, Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
+    integrator = langevin_integrator(300.0, 1.0, 0.002, seed=0)
+    context = Context(system, integrator, *platform("CPU", threads))
     context.setPositions(potential.example_positions(n_replicas))
     context.setVelocitiesToTemperature(300 * unit.kelvin, 1)
     integrator.step(20)
@@ -75,13 +77,14 @@ def torch_loop_steps_per_second(module, masses_amu, positions_nm, n_steps: int, 
 
 
 def all_atom_ns_per_day(n_steps: int, threads: int) -> float:
-    from openmm import LangevinMiddleIntegrator, Context, LocalEnergyMinimizer, Platform, unit
+    from openmm import Context, LocalEnergyMinimizer
 
+    from openmm_cg._runtime import langevin_integrator, platform
     from openmm_cg.data.reference import ReferenceConfig, build_system
 
     system, _, positions = build_system(ReferenceConfig())
-    integrator = LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.002 * unit.picosecond)
-    context = Context(system, integrator, Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
+    integrator = langevin_integrator(300.0, 1.0, 0.002, seed=0)
+    context = Context(system, integrator, *platform("CPU", threads))
     context.setPositions(positions)
     LocalEnergyMinimizer.minimize(context)
     integrator.step(100)

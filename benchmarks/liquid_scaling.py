@@ -81,12 +81,14 @@ def build_model(path: Path, args, pair_block: int, weights_first: bool = False):
 
 
 def ms_per_step(potential, n_beads: int, n_steps: int, threads: int) -> float:
-    from openmm import Context, LangevinMiddleIntegrator, Platform, unit
+    from openmm import Context
+
+    from openmm_cg._runtime import langevin_integrator, platform
 
     positions, box = liquid_positions(n_beads)
     system = potential.createSystem(potential.topology(n_beads, box_vectors_nm=box))
-    integrator = LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.002 * unit.picosecond)
-    context = Context(system, integrator, Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
+    integrator = langevin_integrator(300.0, 1.0, 0.002, seed=0)
+    context = Context(system, integrator, *platform("CPU", threads))
     context.setPositions(positions)
     # TorchScript's profiling executor runs the first two calls as they are and optimises the graph on
     # the third; the first touch of a 64k-bead step's memory is slow too. Time only after both.

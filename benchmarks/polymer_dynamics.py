@@ -153,17 +153,14 @@ def learned_speed(work: Path, data, summary: dict, refinement: str, steps: int) 
 
 def md_speed(sequences, steps: int, threads: int) -> dict:
     """Simulated ps per wall-clock second of the fine-level OpenMM MD of these chains (one System)."""
-    from openmm_cg._runtime import openmm
-    from openmm import unit
+    from openmm_cg._runtime import langevin_integrator, openmm, platform
 
     from openmm_cg.data.polymers import build_chains_system
 
     config = yaml.safe_load((CONFIGS / "polymer_reference.yaml").read_text())
     system, _, x = build_chains_system(list(sequences))
-    integrator = openmm.LangevinMiddleIntegrator(config["temperature_K"] * unit.kelvin,
-                                                 config["friction_per_ps"] / unit.picosecond,
-                                                 config["timestep_ps"] * unit.picosecond)
-    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("CPU"), {"Threads": str(threads)})
+    integrator = langevin_integrator(config["temperature_K"], config["friction_per_ps"], config["timestep_ps"], seed=0)
+    context = openmm.Context(system, integrator, *platform("CPU", threads))
     context.setPositions(x)
     openmm.LocalEnergyMinimizer.minimize(context)
     integrator.step(200)

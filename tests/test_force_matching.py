@@ -65,17 +65,21 @@ def three_particle_topology():
     return topology
 
 
-def test_force_matching_recovers_known_pmf(tmp_path):
+def toy_dataset(frames_per_trajectory: int, n_trajectories: int = 4) -> CGDataset:
+    """Beads A and B of the three-particle system, exact samples, one seed per trajectory."""
     mapping = build_mapping(three_particle_topology(), [[0], [1]], bead_names=["A", "B"])
     positions, forces, index = [], [], []
-    for trajectory in range(4):
-        x, f = sample_system(5000, seed=trajectory)
+    for trajectory in range(n_trajectories):
+        x, f = sample_system(frames_per_trajectory, seed=trajectory)
         positions.append(mapping.map_positions(x))
         forces.append(mapping.map_forces(f))
         index.append(np.full(len(x), trajectory))
-    dataset = CGDataset(np.concatenate(positions).astype(np.float32), np.concatenate(forces).astype(np.float32),
-                        np.concatenate(index), T, mapping, [f"t{k}" for k in range(4)])
-    dataset.save(tmp_path / "toy.h5")
+    return CGDataset(np.concatenate(positions).astype(np.float32), np.concatenate(forces).astype(np.float32),
+                     np.concatenate(index), T, mapping, [f"t{k}" for k in range(n_trajectories)])
+
+
+def test_force_matching_recovers_known_pmf(tmp_path):
+    toy_dataset(5000).save(tmp_path / "toy.h5")
     config = config_from_dict({
         "seed": 1, "output": str(tmp_path / "train"),
         "data": {"dataset": str(tmp_path / "toy.h5"), "validation_fraction": 0.25},

@@ -22,17 +22,9 @@ GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_b1a5db6.json").rea
 
 
 def test_molecular_training_gives_the_same_model(tmp_path):
-    from test_force_matching import T, sample_system, three_particle_topology
+    from test_force_matching import toy_dataset
 
-    mapping = build_mapping(three_particle_topology(), [[0], [1]], bead_names=["A", "B"])
-    xs, fs, index = [], [], []
-    for trajectory in range(4):
-        x, f = sample_system(400, seed=trajectory)
-        xs.append(mapping.map_positions(x))
-        fs.append(mapping.map_forces(f))
-        index.append(np.full(len(x), trajectory))
-    dataset = CGDataset(np.concatenate(xs).astype(np.float32), np.concatenate(fs).astype(np.float32),
-                        np.concatenate(index), T, mapping, [f"t{k}" for k in range(4)])
+    dataset = toy_dataset(400)
     golden = GOLDEN["molecular_training"]
     assert dataset.data_hash() == golden["dataset_sha256"]
     dataset.save(tmp_path / "toy.h5")

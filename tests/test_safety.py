@@ -16,12 +16,8 @@ import pytest
 import torch
 
 from openmm_cg.cli import main
-from openmm_cg.data.datasets import CGDataset
-from openmm_cg.errors import InputError, ModelFileError, OutputExistsError
-from openmm_cg.mapping.cgmap import build_mapping
+from openmm_cg.errors import InputError, ModelFileError
 from openmm_cg.training.config import config_from_dict
-
-from test_force_matching import T, sample_system, three_particle_topology
 
 
 def folder_digest(path: Path) -> dict:
@@ -46,17 +42,9 @@ def plant(path: Path, marker: Path) -> None:
 
 @pytest.fixture(scope="module")
 def toy_dataset(tmp_path_factory):
-    mapping = build_mapping(three_particle_topology(), [[0], [1]], bead_names=["A", "B"])
-    xs, fs, index = [], [], []
-    for trajectory in range(4):
-        x, f = sample_system(300, seed=trajectory)
-        xs.append(mapping.map_positions(x))
-        fs.append(mapping.map_forces(f))
-        index.append(np.full(len(x), trajectory))
-    path = tmp_path_factory.mktemp("toy") / "toy.h5"
-    CGDataset(np.concatenate(xs).astype(np.float32), np.concatenate(fs).astype(np.float32), np.concatenate(index), T,
-              mapping, [f"t{k}" for k in range(4)]).save(path)
-    return path
+    from test_force_matching import toy_dataset
+
+    return toy_dataset(300).save(tmp_path_factory.mktemp("toy") / "toy.h5")
 
 
 def toy_config(dataset: Path, output: Path, max_epochs: int) -> dict:

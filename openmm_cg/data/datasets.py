@@ -6,6 +6,7 @@ frames are correlated), the state point, the mapping that made it, and for perio
 vectors of every frame (rows a, b, c in nm, OpenMM's reduced form).
 """
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -14,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..mapping.cgmap import CGMapping, map_and_check
-from ..outputs import check_output_file, sha256_of_arrays
+from ..outputs import atomic_path, check_output_file, sha256_of_arrays
 from ..topology import bonds_array, topology_from_json
 from .reference import H5_METADATA_KEY
 
@@ -30,16 +31,31 @@ class AATrajectory:
     box_vectors_nm: Optional[np.ndarray] = None  # (frames, 3, 3) for periodic systems
 
 
-def read_reference(path) -> AATrajectory:
-    """Read one file written by :func:`openmm_cg.data.reference.generate_reference`."""
+@contextmanager
+def hdf5_writer(path, overwrite: bool = False):
+    """An HDF5 file to write a dataset into: refused if ``path`` exists (unless ``overwrite``), and atomic (it
+    appears at ``path`` only once the block has finished)."""
     import h5py
 
-    path = Path(path)
+    with atomic_path(check_output_file(path, overwrite)) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            yield h5
+
+
+def open_hdf5(path):
+    """An HDF5 file opened for reading, or a clear InputError."""
+    import h5py
+
     try:
-        h5 = h5py.File(path, "r")
+        return h5py.File(Path(path), "r")
     except OSError as error:
         raise InputError(f"cannot read {path} as HDF5: {error}") from None
-    with h5:
+
+
+def read_reference(path) -> AATrajectory:
+    """Read one file written by :func:`openmm_cg.data.reference.generate_reference`."""
+    path = Path(path)
+    with open_hdf5(path) as h5:
         if H5_METADATA_KEY not in h5.attrs:
             raise InputError(f"{path} is not an openmm-cg reference file (no {H5_METADATA_KEY} attribute)")
         metadata = json.loads(h5.attrs[H5_METADATA_KEY])
@@ -104,11 +120,7 @@ class CGDataset:
                          None if self.box_vectors_nm is None else self.box_vectors_nm[keep])
 
     def save(self, path, overwrite: bool = False) -> Path:
-        import h5py
-
-        path = check_output_file(path, overwrite)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        with h5py.File(tmp, "w") as h5:
+        with hdf5_writer(path, overwrite) as h5:
             h5.create_dataset("positions", data=self.positions_nm, compression="gzip", compression_opts=1)
             h5.create_dataset("forces", data=self.forces_kJ_per_mol_nm, compression="gzip", compression_opts=1)
             h5.create_dataset("trajectory_index", data=self.trajectory_index)
@@ -120,19 +132,11 @@ class CGDataset:
             h5.attrs["trajectory_names"] = json.dumps(self.trajectory_names)
             h5.attrs["source_metadata"] = json.dumps(self.source_metadata)
             h5.attrs["units"] = json.dumps({"positions": "nm", "forces": "kJ/mol/nm", "temperature": "K"})
-        tmp.replace(path)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path) -> "CGDataset":
-        import h5py
-
-        path = Path(path)
-        try:
-            h5 = h5py.File(path, "r")
-        except OSError as error:
-            raise InputError(f"cannot read {path} as HDF5: {error}") from None
-        with h5:
+        with open_hdf5(path) as h5:
             if h5.attrs.get("kind") != "cg_dataset":
                 raise InputError(f"{path} is not an openmm-cg CG dataset")
             return cls(

@@ -11,7 +11,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..outputs import check_output_file
+from ..data.datasets import hdf5_writer, open_hdf5, read_reference
 from .clustering import bead_bonds, cluster_bond_graph
 
 
@@ -47,11 +47,7 @@ class PolymerCGData:
     source_metadata: dict = field(default_factory=dict)
 
     def save(self, path, overwrite: bool = False) -> Path:
-        import h5py
-
-        path = check_output_file(path, overwrite)
-        tmp = path.with_suffix(".h5.tmp")
-        with h5py.File(tmp, "w") as h5:
+        with hdf5_writer(path, overwrite) as h5:
             h5.attrs["metadata"] = json.dumps({
                 "kind": "polymer_cg_data", "frame_interval_ps": self.frame_interval_ps,
                 "temperature_K": self.temperature_K, "monomer_types": self.monomer_types,
@@ -64,17 +60,11 @@ class PolymerCGData:
                 group["positions_nm"] = chain.positions_nm
                 group["forces_kJ_per_mol_nm"] = chain.forces_kJ_per_mol_nm
                 group["bead_masses_amu"] = chain.bead_masses_amu
-        tmp.replace(path)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path) -> "PolymerCGData":
-        import h5py
-
-        path = Path(path)
-        if not path.is_file():
-            raise InputError(f"polymer CG data {path} does not exist")
-        with h5py.File(path, "r") as h5:
+        with open_hdf5(path) as h5:
             metadata = json.loads(h5.attrs.get("metadata", "{}"))
             if metadata.get("kind") != "polymer_cg_data":
                 raise InputError(f"{path} is not a polymer CG data file (build one with build_polymer_cg_data)")
@@ -103,10 +93,6 @@ def build_polymer_cg_data(reference_paths: Sequence, particles_per_bead: int) ->
     Each file's chains become separate entries (a second seed of the same set adds independent
     trajectories of the same sequences; split those by set, not by chain).
     """
-    import h5py
-
-    from ..data.datasets import read_reference
-
     chains: List[ChainData] = []
     metadata = {}
     for path in reference_paths:
@@ -114,7 +100,7 @@ def build_polymer_cg_data(reference_paths: Sequence, particles_per_bead: int) ->
         metadata = reference.metadata
         if "polymer_set" not in metadata:
             raise InputError(f"{path} is not a polymer reference (its metadata has no polymer_set)")
-        with h5py.File(path, "r") as h5:
+        with open_hdf5(path) as h5:
             masses = np.asarray(h5.attrs["masses_amu"], dtype=np.float64)
         for chain in reference.topology.chains():
             atoms = [atom.index for atom in chain.atoms()]

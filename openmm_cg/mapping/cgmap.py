@@ -311,9 +311,10 @@ ALANINE_DIPEPTIDE_BACKBONE_CB = [
 ]
 
 
-MAPPING_PRESETS = {
-    "alanine_dipeptide": {"method": "slice", "selections": ALANINE_DIPEPTIDE_BACKBONE_CB},
-}
+def alanine_dipeptide_mapping(topology) -> CGMapping:
+    """Capped alanine dipeptide: ACE C, N, CA, CB, C, NME N as slices (phi and psi stay defined; CB breaks the
+    mirror symmetry)."""
+    return build_mapping(topology, ALANINE_DIPEPTIDE_BACKBONE_CB, "slice")
 
 
 def molecule_com_mapping(topology) -> CGMapping:
@@ -356,8 +357,8 @@ def repeat_unit(mapping: CGMapping) -> dict:
     }
 
 
-# Presets whose selections depend on the topology.
-MAPPING_BUILDERS = {"molecule_com": molecule_com_mapping}
+# The named mappings: name -> a function of the all-atom topology.
+MAPPINGS = {"alanine_dipeptide": alanine_dipeptide_mapping, "molecule_com": molecule_com_mapping}
 
 
 def mapping_from_spec(topology, spec) -> CGMapping:
@@ -365,15 +366,12 @@ def mapping_from_spec(topology, spec) -> CGMapping:
     import yaml
     from pathlib import Path
 
-    if isinstance(spec, str) and spec in MAPPING_BUILDERS:
-        return MAPPING_BUILDERS[spec](topology)
+    if isinstance(spec, str) and spec in MAPPINGS:
+        return MAPPINGS[spec](topology)
     if isinstance(spec, str):
-        if spec in MAPPING_PRESETS:
-            spec = MAPPING_PRESETS[spec]
-        elif Path(spec).is_file():
-            spec = yaml.safe_load(Path(spec).read_text())
-        else:
-            raise InputError(f"mapping {spec!r} is neither a preset ({sorted(MAPPING_PRESETS) + sorted(MAPPING_BUILDERS)}) nor a YAML file")
+        if not Path(spec).is_file():
+            raise InputError(f"mapping {spec!r} is neither a named mapping ({sorted(MAPPINGS)}) nor a YAML file")
+        spec = yaml.safe_load(Path(spec).read_text())
     if not isinstance(spec, dict) or "selections" not in spec:
         raise InputError("a mapping spec needs 'selections' (one mdtraj selection or atom list per bead)")
     unknown = set(spec) - {"method", "selections", "names", "types", "masses_amu", "aggregate_hydrogens"}

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..geometry import SmoothCutoff
+from .pair_network import PairNetwork
 from .schnet import activation
 
 # Pairs per block: the largest per-block buffer, (block, 9, F) for F = 64 features, is then 19 MB, below
@@ -184,7 +185,7 @@ class HipBlock(nn.Module):
         return z, self.readout(z)
 
 
-class HipNNTS(nn.Module):
+class HipNNTS(PairNetwork):
     """Bead energies from one-hot bead types and pair vectors, like ``CGSchNet.bead_energies``."""
 
     def __init__(self, config: HipNNTSConfig, n_types: int, energy_scale_kJ_per_mol: float = 1.0, n_outputs: int = 1):
@@ -202,15 +203,6 @@ class HipNNTS(nn.Module):
         nn.init.zeros_(self.blocks[-1].readout.weight)
         nn.init.zeros_(self.blocks[-1].readout.bias)
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale_kJ_per_mol)))
-
-    def forward(self, positions: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-        vectors = positions[:, pairs[:, 1]] - positions[:, pairs[:, 0]]
-        return self.bead_energies(vectors, types, pairs).sum(-1)
-
-    @torch.jit.export
-    def bead_energies(self, vectors: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-        """(batch, beads) energies from pair vectors r_j - r_i (batch, pairs, 3) of pairs i < j."""
-        return self.bead_outputs(vectors, types, pairs)[..., 0]
 
     @torch.jit.export
     def bead_outputs(self, vectors: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:

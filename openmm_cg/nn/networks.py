@@ -32,7 +32,3 @@ def network_config_from_dict(architecture: str, data: dict) -> NetworkConfig:
 
 def network_config_to_dict(config: NetworkConfig) -> dict:
     return asdict(config)
-
-
-def n_types_of(network: nn.Module) -> int:
-    return int(network.n_types) if isinstance(network, HipNNTS) else int(network.embedding.num_embeddings)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..geometry import SmoothCutoff
+from .pair_network import PairNetwork
 
 # Pairs per block: (block, features) buffers of 8-16 MB for 64 features, below glibc's 32 MB ceiling
 # for serving allocations from its reusable heap instead of fresh memory maps. Nothing bead-sized may
@@ -78,11 +79,12 @@ class Interaction(nn.Module):
         return h + self.f2out(aggregated)
 
 
-class CGSchNet(nn.Module):
+class CGSchNet(PairNetwork):
     """Energy (batch,) of configurations (batch, beads, 3) given per-bead types and undirected pairs (i < j)."""
 
     def __init__(self, config: SchNetConfig, n_types: int, energy_scale_kJ_per_mol: float = 1.0, n_outputs: int = 1):
         super().__init__()
+        self.n_types = n_types
         self.embedding = nn.Embedding(n_types, config.n_features)
         self.pair_block = PAIR_BLOCK
         self.rbf = GaussianRBF(config.rbf_min_nm, config.cutoff_nm, config.n_rbf)
@@ -99,18 +101,6 @@ class CGSchNet(nn.Module):
         nn.init.zeros_(self.output[-1].bias)
         # A fixed scale set from the data's force magnitude keeps the network's raw outputs O(1).
         self.register_buffer("energy_scale", torch.tensor(float(energy_scale_kJ_per_mol)))
-
-    def forward(self, positions: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-        vectors = positions[:, pairs[:, 1]] - positions[:, pairs[:, 0]]
-        return self.bead_energies(vectors, types, pairs).sum(-1)
-
-    @torch.jit.export
-    def bead_energies(self, vectors: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
-        """(batch, beads) energy contributions from pair vectors r_j - r_i (batch, pairs, 3).
-
-        Periodic models pass minimum-image vectors of a neighbor list; molecules pass plain differences.
-        """
-        return self.bead_outputs(vectors, types, pairs)[..., 0]
 
     @torch.jit.export
     def bead_outputs(self, vectors: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
