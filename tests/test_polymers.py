@@ -63,6 +63,26 @@ def test_polymer_reference_is_saved_like_other_reference_data(tmp_path):
         assert np.all(h5.attrs["masses_amu"] == 100.0)
     assert metadata["polymer_set"]["n_chains"] == 3 and metadata["forcefield"] == "bead-spring"
     assert metadata["source"].startswith("openmm_cg.data.polymers:")
+
+    # Mapped to beads of 3 monomers: centres of mass and summed forces, chain by chain, saved and read back.
+    from openmm_cg.dynamics.data import PolymerCGData, build_polymer_cg_data
+
+    data = build_polymer_cg_data([path], particles_per_bead=3)
+    data.save(tmp_path / "cg.h5")
+    loaded = PolymerCGData.load(tmp_path / "cg.h5")
+    with h5py.File(path) as h5:
+        x, f = h5["positions"][()].astype(np.float64), h5["forces"][()].astype(np.float64)
+    first = 0
+    for chain, saved in zip(data.chains, loaded.chains):
+        n = len(chain.sequence)
+        assert chain.n_beads == round(n / 3) and saved.sequence == chain.sequence
+        for bead in range(chain.n_beads):
+            members = first + np.flatnonzero(chain.assignment == bead)
+            np.testing.assert_allclose(chain.positions_nm[:, bead], x[:, members].mean(1), atol=1e-6)  # equal masses
+            np.testing.assert_allclose(chain.forces_kJ_per_mol_nm[:, bead], f[:, members].sum(1), rtol=1e-5, atol=1e-3)
+        np.testing.assert_array_equal(saved.positions_nm, chain.positions_nm)
+        np.testing.assert_allclose(chain.bead_masses_amu, 100.0 * np.bincount(chain.assignment))
+        first += n
     with pytest.raises(InputError, match="exactly one source"):
         ReferenceConfig(polymers={"n_chains": 3}).validate()  # the default testsystem is still set
     with pytest.raises(InputError, match="unknown polymer set options"):

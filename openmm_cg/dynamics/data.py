@@ -11,6 +11,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
+from ..mapping.cgmap import build_mapping
 from ..data.datasets import hdf5_writer, open_hdf5, read_reference
 from .clustering import bead_bonds, cluster_bond_graph
 
@@ -93,6 +94,8 @@ def build_polymer_cg_data(reference_paths: Sequence, particles_per_bead: int) ->
     Each file's chains become separate entries (a second seed of the same set adds independent
     trajectories of the same sequences; split those by set, not by chain).
     """
+    import mdtraj
+
     chains: List[ChainData] = []
     metadata = {}
     for path in reference_paths:
@@ -102,6 +105,7 @@ def build_polymer_cg_data(reference_paths: Sequence, particles_per_bead: int) ->
             raise InputError(f"{path} is not a polymer reference (its metadata has no polymer_set)")
         with open_hdf5(path) as h5:
             masses = np.asarray(h5.attrs["masses_amu"], dtype=np.float64)
+        topology = mdtraj.Topology.from_openmm(reference.topology)
         for chain in reference.topology.chains():
             atoms = [atom.index for atom in chain.atoms()]
             first, end = atoms[0], atoms[-1] + 1
@@ -110,17 +114,15 @@ def build_polymer_cg_data(reference_paths: Sequence, particles_per_bead: int) ->
             sequence = "".join(atom.residue.name for atom in chain.atoms())
             n = end - first
             assignment = cluster_bond_graph(n, [(k, k + 1) for k in range(n - 1)], particles_per_bead)
-            n_beads = int(assignment.max()) + 1
-            weights = np.zeros((n_beads, n))
-            weights[assignment, np.arange(n)] = masses[first:end]
-            bead_masses = weights.sum(1)
-            x = reference.positions_nm[:, first:end].astype(np.float64)
-            f = reference.forces_kJ_per_mol_nm[:, first:end].astype(np.float64)
+            # Beads at their monomers' centre of mass, with their summed forces: the mapping stage's map.
+            mapping = build_mapping(topology.subset(range(first, end)),
+                                    [np.flatnonzero(assignment == bead).tolist() for bead in range(assignment.max() + 1)],
+                                    "com", atom_masses_amu=masses[first:end])
             chains.append(ChainData(
                 sequence, assignment,
-                np.einsum("bm,tmx->tbx", weights / bead_masses[:, None], x).astype(np.float32),
-                np.einsum("bm,tmx->tbx", (weights > 0).astype(np.float64), f).astype(np.float32),
-                bead_masses))
+                mapping.map_positions(reference.positions_nm[:, first:end].astype(np.float64)).astype(np.float32),
+                mapping.map_forces(reference.forces_kJ_per_mol_nm[:, first:end].astype(np.float64)).astype(np.float32),
+                mapping.masses_amu))
     if not chains:
         raise InputError("no reference files given")
     return PolymerCGData(chains, float(metadata["save_interval_ps"]), float(metadata["temperature_K"]),

@@ -161,13 +161,15 @@ def build_mapping(
     bead_types: Optional[Sequence[int]] = None,
     masses_amu: Optional[Sequence[float]] = None,
     aggregate_hydrogens: bool = True,
+    atom_masses_amu: Optional[Sequence[float]] = None,
 ) -> CGMapping:
     """Build a CG map from one mdtraj selection string (or atom index list) per bead.
 
     ``method``: "slice" (each selection picks exactly one atom), "com" (centre of mass) or "cog"
     (centre of geometry). ``masses_amu`` defaults to the sum of the masses of each bead's force group
     (for slices: the atom plus its aggregated hydrogens). ``bead_types`` defaults to one type per
-    distinct (residue name, bead name) pair.
+    distinct (residue name, bead name) pair. ``atom_masses_amu`` replaces the element masses (particles
+    without an element, such as the monomers of a bead-spring model, take their System's masses).
     """
     if method not in METHODS:
         raise InputError(f"mapping method must be one of {METHODS}, got {method!r}")
@@ -189,6 +191,10 @@ def build_mapping(
             raise InputError(f"a slice mapping needs exactly one atom per bead; selection {selections[bead]!r} has {len(group)}")
 
     atom_masses = np.array([a.element.mass if a.element is not None else 0.0 for a in md_top.atoms])
+    if atom_masses_amu is not None:
+        atom_masses = np.asarray(atom_masses_amu, dtype=np.float64)
+        if atom_masses.shape != (n_atoms,) or (atom_masses <= 0).any():
+            raise InputError(f"atom_masses_amu needs one positive mass per atom ({n_atoms})")
     position_weights = np.zeros((len(groups), n_atoms))
     for bead, group in enumerate(groups):
         if method == "com":
