@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name, **kwargs):
         return sub.add_parser(name, allow_abbrev=False, **kwargs)
 
-    p = command("demo", help="the whole pipeline on alanine dipeptide with small budgets (~8 min on 2 cores)")
+    p = command("demo", help="the whole pipeline on alanine dipeptide with small budgets (~5 min on 2 cores)")
     p.add_argument("--out", default="demo_report")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_demo)

@@ -209,7 +209,7 @@ def demo(out, overwrite: bool = False, reference_frames_per_seed: int = 10000, t
     """The whole pipeline on capped alanine dipeptide with small budgets: all-atom reference (2 seeds) ->
     backbone+CB slice map -> priors + CGSchNet force matching -> model file -> OpenMM Langevin simulation of
     replicas -> Ramachandran comparison. Writes a report folder with figures, ``metrics.json`` and the model.
-    About 7.5 minutes on 2 cores (442 s measured)."""
+    About 5 minutes on 2 cores (280 s measured)."""
     import shutil
 
     from .analysis.training_curves import plot_training_curves
