@@ -33,21 +33,17 @@ def main():
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
 
-    from openmm_cg.analysis.report import analyze_ramachandran
     from openmm_cg.data.datasets import CGDataset
     from openmm_cg.machine import machine_info
-    from openmm_cg.simulation.potential import CGPotential
-    from openmm_cg.simulation.run import SimulationConfig, initial_positions, run_simulation
+    from openmm_cg.simulation.run import SimulationConfig
+    from openmm_cg.workflows import analyze, simulate
 
     work = Path(args.work)
-    potential = CGPotential.load(args.model)
     config = SimulationConfig(n_steps=args.steps, timestep_ps=args.timestep_fs * 1e-3,
                               report_interval=args.report_interval, checkpoint_interval=10_000,
                               platform="CPU", threads=args.threads, seed=args.seed)
-    simulation = run_simulation(potential, initial_positions(potential, args.dataset, args.replicas, args.seed), config,
-                                work / "simulation")
-    metrics = analyze_ramachandran(args.dataset, [work / "simulation"], work / "analysis", bins=args.bins,
-                                   overwrite=True)
+    simulation = simulate(args.model, config, work / "simulation", init=args.dataset, replicas=args.replicas)
+    metrics = analyze(args.dataset, [work / "simulation"], work / "analysis", bins=args.bins, overwrite=True)
     dataset = CGDataset.load(args.dataset)
     save_interval_ps = next(iter(dataset.source_metadata.values()))["save_interval_ps"]
     out = Path(args.out)

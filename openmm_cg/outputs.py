@@ -123,10 +123,10 @@ class RunFolder:
         path = Path(path)
         settings = plain(settings)
         input_digests = {name: {"path": str(p), "sha256": sha256_of_file(p)} for name, p in (inputs or {}).items()}
-        manifest = _read_manifest(path)
-        occupied = path.exists() and any(path.iterdir())
         if path.exists() and not path.is_dir():
             raise OutputExistsError(f"{path} is a file, not a folder")
+        manifest = _read_manifest(path)
+        occupied = path.exists() and any(path.iterdir())
         if occupied and manifest is None:
             raise OutputExistsError(f"{path} holds files that openmm-cg did not write (no {MANIFEST}); choose a new "
                                     "or empty folder (nothing there is deleted, even with --overwrite)")

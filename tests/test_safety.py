@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from openmm_cg.cli import main
-from openmm_cg.errors import InputError, ModelFileError
+from openmm_cg.errors import InputError, ModelFileError, OutputExistsError
 from openmm_cg.training.config import config_from_dict
 
 
@@ -308,3 +308,35 @@ def test_training_killed_with_sigkill_resumes_to_the_uninterrupted_weights(toy_d
     assert len(list((killed / "metrics").glob("version_*"))) == 2
     np.testing.assert_array_equal(got["val_mse"][0], np.arange(epochs))
     np.testing.assert_allclose(got["val_mse"][1], want["val_mse"][1], rtol=0)
+
+
+def test_run_folder_rules(tmp_path):
+    """The rules every stage inherits: resumed settings and inputs must match, only the listed settings may
+    change, and --overwrite neither deletes an input of the new run nor anything outside the manifest."""
+    from openmm_cg.outputs import RunFolder
+
+    source = tmp_path / "input.txt"
+    source.write_text("a")
+    run = RunFolder.open(tmp_path / "run", "stage", {"a": 1, "n": {"steps": 10}}, {"input": source})
+    run.write_json("result.json", {"x": 1})
+    with pytest.raises(OutputExistsError):
+        RunFolder.open(tmp_path / "run", "stage", {"a": 1, "n": {"steps": 10}}, {"input": source})
+    assert RunFolder.open(tmp_path / "run", "stage", {"a": 1, "n": {"steps": 20}}, {"input": source}, resume=True,
+                          mutable=("n.steps",)).resumed
+    with pytest.raises(InputError, match=r"other settings \(a\)"):
+        RunFolder.open(tmp_path / "run", "stage", {"a": 2, "n": {"steps": 20}}, {"input": source}, resume=True)
+    source.write_text("b")
+    with pytest.raises(InputError, match="different input"):
+        RunFolder.open(tmp_path / "run", "stage", {"a": 1, "n": {"steps": 20}}, {"input": source}, resume=True,
+                       mutable=("n.steps",))
+    with pytest.raises(InputError, match="would delete the input"):
+        RunFolder.open(tmp_path / "run", "stage", {"a": 1}, {"input": tmp_path / "run" / "result.json"},
+                       overwrite=True)
+    assert (tmp_path / "run" / "result.json").exists()
+    (tmp_path / "run" / "mine.txt").write_text("keep")
+    fresh = RunFolder.open(tmp_path / "run", "stage", {"a": 3}, overwrite=True)
+    assert not fresh.resumed and not (tmp_path / "run" / "result.json").exists()
+    assert (tmp_path / "run" / "mine.txt").read_text() == "keep"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputExistsError, match="is a file"):
+        RunFolder.open(tmp_path / "file", "stage", {})
