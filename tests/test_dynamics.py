@@ -325,6 +325,10 @@ def test_rollout_writes_trajectories_and_resumes_identically(tmp_path, fmt):
     assert resumed["steps"] == 12
     again = mdtraj.load(str(tmp_path / "resumed" / f"trajectory.{fmt}"), top=str(tmp_path / "resumed" / "topology.pdb"))
     np.testing.assert_allclose(again.xyz, full.xyz, atol=1e-6)
+    from openmm_cg.simulation.trajectory import frame_times_ps
+
+    np.testing.assert_allclose(frame_times_ps(tmp_path / "resumed" / f"trajectory.{fmt}"), 20.0 * np.arange(1, 7),
+                               rtol=1e-6)  # a frame every 2 steps of 10 ps, through the resume
     with pytest.raises(InputError, match="other settings"):
         rollout(path, SEQUENCES, history, RolloutConfig(**{**config.__dict__, "seed": 6}), tmp_path / "resumed",
                 progress=False)
