@@ -40,8 +40,7 @@ def test_tables_recover_known_pair_forces_and_run_in_openmm():
     for n in (5, 7, 9, 6):
         x = random_chain_frames(n, 60, rng)
         f = np.array([true_forces(frame) for frame in x])
-        chains.append(ChainData("A" * (4 * n), np.repeat(np.arange(n), 4), x.astype(np.float32),
-                                f.astype(np.float32), np.full(n, 400.0)))
+        chains.append(ChainData.from_frames("A" * (4 * n), np.repeat(np.arange(n), 4), x, f, 100.0, 300.0))
     tables = fit_chain_force_tables(chains, 300.0, max_separation=3, cutoff_nm=2.0, n_knots=40)
     assert ChainForceTables.from_dict(tables.to_dict()) == tables
     module = tables.potential([7])
@@ -77,8 +76,8 @@ def test_relaxation_separates_overlapping_beads():
     chains = []
     for n in (6, 8):
         x = random_chain_frames(n, 60, rng)
-        chains.append(ChainData("A" * (4 * n), np.repeat(np.arange(n), 4), x.astype(np.float32),
-                                np.array([true_forces(f) for f in x]).astype(np.float32), np.full(n, 400.0)))
+        chains.append(ChainData.from_frames("A" * (4 * n), np.repeat(np.arange(n), 4), x,
+                                            np.array([true_forces(f) for f in x]), 100.0, 300.0))
     tables = fit_chain_force_tables(chains, 300.0, n_knots=30)
     frame = torch.tensor(random_chain_frames(6, 1, rng)[0])
     frame[4] = frame[1] + torch.tensor([0.05, 0.0, 0.0], dtype=torch.float64)  # beads 1 and 4 overlap

@@ -263,8 +263,7 @@ def test_training_recovers_a_known_stochastic_propagator(tmp_path):
         for t in range(1, 399):
             x[t + 1] = 2 * x[t] - x[t - 1] - 0.5 * (x[t] - x[t - 1]) + 0.02 * rng.normal(size=(n_beads, 3))
         assignment = cluster_bond_graph(len(sequence), [(k, k + 1) for k in range(len(sequence) - 1)], 4)
-        chains.append(ChainData(sequence, assignment, x.astype(np.float32), np.zeros_like(x, dtype=np.float32),
-                                np.full(n_beads, 400.0)))
+        chains.append(ChainData.from_frames(sequence, assignment, x, np.zeros_like(x), 100.0, 300.0))
     data = PolymerCGData(chains, frame_interval_ps=2.0, temperature_K=300.0, monomer_types=TYPES, particles_per_bead=4)
     data.save(tmp_path / "chains.h5")
     config = DynamicsTrainConfig(data=str(tmp_path / "chains.h5"), output=str(tmp_path / "run"), stride_frames=1,

@@ -128,8 +128,7 @@ def test_dynamics_training_resume_from_a_crafted_checkpoint_runs_no_code(tmp_pat
         sequence = "".join(rng.choice(TYPES, size=8))
         assignment = cluster_bond_graph(8, [(k, k + 1) for k in range(7)], 4)
         x = zigzag(2)[None] + 0.01 * rng.normal(size=(30, 2, 3))
-        chains.append(ChainData(sequence, assignment, x.astype(np.float32), np.zeros_like(x, dtype=np.float32),
-                                np.full(2, 400.0)))
+        chains.append(ChainData.from_frames(sequence, assignment, x, np.zeros_like(x), 100.0, 300.0))
     PolymerCGData(chains, 2.0, 300.0, TYPES, 4).save(tmp_path / "chains.h5")
     config = DynamicsTrainConfig(data=str(tmp_path / "chains.h5"), output=str(tmp_path / "run"), stride_frames=1,
                                  model=DynamicsConfig(history=2, n_features=4, n_fine_layers=1, n_layers=1, n_rbf=4),

@@ -121,32 +121,40 @@ class CGDataset:
 
     def save(self, path, overwrite: bool = False) -> Path:
         with hdf5_writer(path, overwrite) as h5:
-            h5.create_dataset("positions", data=self.positions_nm, compression="gzip", compression_opts=1)
-            h5.create_dataset("forces", data=self.forces_kJ_per_mol_nm, compression="gzip", compression_opts=1)
-            h5.create_dataset("trajectory_index", data=self.trajectory_index)
-            if self.box_vectors_nm is not None:
-                h5.create_dataset("box_vectors", data=self.box_vectors_nm)
-            h5.attrs["kind"] = "cg_dataset"
-            h5.attrs["temperature_K"] = self.temperature_K
-            h5.attrs["mapping_json"] = json.dumps(self.mapping.to_dict())
-            h5.attrs["trajectory_names"] = json.dumps(self.trajectory_names)
-            h5.attrs["source_metadata"] = json.dumps(self.source_metadata)
-            h5.attrs["units"] = json.dumps({"positions": "nm", "forces": "kJ/mol/nm", "temperature": "K"})
+            self.write_group(h5)
         return Path(path)
 
     @classmethod
     def load(cls, path) -> "CGDataset":
         with open_hdf5(path) as h5:
-            if h5.attrs.get("kind") != "cg_dataset":
-                raise InputError(f"{path} is not an openmm-cg CG dataset")
-            return cls(
-                positions_nm=h5["positions"][:], forces_kJ_per_mol_nm=h5["forces"][:],
-                trajectory_index=h5["trajectory_index"][:], temperature_K=float(h5.attrs["temperature_K"]),
-                mapping=CGMapping.from_dict(json.loads(h5.attrs["mapping_json"])),
-                trajectory_names=json.loads(h5.attrs["trajectory_names"]),
-                source_metadata=json.loads(h5.attrs["source_metadata"]),
-                box_vectors_nm=h5["box_vectors"][:] if "box_vectors" in h5 else None,
-            )
+            return cls.read_group(h5, str(path))
+
+    def write_group(self, group) -> None:
+        """Write into an HDF5 group (a whole file's root, or one group of a file that holds several)."""
+        group.create_dataset("positions", data=self.positions_nm, compression="gzip", compression_opts=1)
+        group.create_dataset("forces", data=self.forces_kJ_per_mol_nm, compression="gzip", compression_opts=1)
+        group.create_dataset("trajectory_index", data=self.trajectory_index)
+        if self.box_vectors_nm is not None:
+            group.create_dataset("box_vectors", data=self.box_vectors_nm)
+        group.attrs["kind"] = "cg_dataset"
+        group.attrs["temperature_K"] = self.temperature_K
+        group.attrs["mapping_json"] = json.dumps(self.mapping.to_dict())
+        group.attrs["trajectory_names"] = json.dumps(self.trajectory_names)
+        group.attrs["source_metadata"] = json.dumps(self.source_metadata)
+        group.attrs["units"] = json.dumps({"positions": "nm", "forces": "kJ/mol/nm", "temperature": "K"})
+
+    @classmethod
+    def read_group(cls, group, where: str) -> "CGDataset":
+        if group.attrs.get("kind") != "cg_dataset":
+            raise InputError(f"{where} is not an openmm-cg CG dataset")
+        return cls(
+            positions_nm=group["positions"][:], forces_kJ_per_mol_nm=group["forces"][:],
+            trajectory_index=group["trajectory_index"][:], temperature_K=float(group.attrs["temperature_K"]),
+            mapping=CGMapping.from_dict(json.loads(group.attrs["mapping_json"])),
+            trajectory_names=json.loads(group.attrs["trajectory_names"]),
+            source_metadata=json.loads(group.attrs["source_metadata"]),
+            box_vectors_nm=group["box_vectors"][:] if "box_vectors" in group else None,
+        )
 
 
 def build_cg_dataset(trajectories: Sequence[AATrajectory], mapping: CGMapping, system=None) -> CGDataset:

@@ -1,7 +1,7 @@
-"""CG trajectories of polymer chains for learned dynamics: every chain clustered into beads once, its
-reference frames mapped to bead centres (positions) and bead force sums (forces), chains kept apart.
-
-One HDF5 file holds a whole set; train / validation / test splits are by chain, never by frame.
+"""CG trajectories of polymer chains for learned dynamics: every chain clustered into beads once and its reference
+frames mapped by the mapping stage (bead centres of mass, summed forces). Each chain is a CG dataset of its own
+(chains have different bead counts), and one HDF5 file holds the whole set, one dataset group per chain;
+train / validation / test splits are by chain, never by frame.
 """
 import json
 from dataclasses import dataclass, field
@@ -10,19 +10,56 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from .._runtime import openmm  # noqa: F401  (torch before OpenMM)
+from openmm import app
+
+from ..data.datasets import CGDataset, hdf5_writer, open_hdf5, read_reference
 from ..errors import InputError
-from ..mapping.cgmap import build_mapping
-from ..data.datasets import hdf5_writer, open_hdf5, read_reference
+from ..mapping.cgmap import CGMapping, build_mapping
 from .clustering import bead_bonds, cluster_bond_graph
+
+
+def chain_mapping(sequence: str, assignment: np.ndarray, monomer_masses_amu) -> CGMapping:
+    """The map of one linear chain (one residue and particle per monomer, named by its type) onto its beads:
+    centres of mass of each bead's monomers, and their summed forces."""
+    topology = app.Topology()
+    chain = topology.addChain()
+    atoms = [topology.addAtom(letter, None, topology.addResidue(letter, chain)) for letter in sequence]
+    for first, second in zip(atoms[:-1], atoms[1:]):
+        topology.addBond(first, second)
+    groups = [np.flatnonzero(np.asarray(assignment) == bead).tolist() for bead in range(int(np.max(assignment)) + 1)]
+    return build_mapping(topology, groups, "com", bead_names=[f"B{bead}" for bead in range(len(groups))],
+                         atom_masses_amu=np.broadcast_to(np.asarray(monomer_masses_amu, dtype=np.float64),
+                                                         (len(sequence),)))
 
 
 @dataclass
 class ChainData:
     sequence: str                    # one letter per monomer (its type)
     assignment: np.ndarray           # (n_monomers,) bead of every monomer
-    positions_nm: np.ndarray         # (frames, n_beads, 3) bead centres of mass
-    forces_kJ_per_mol_nm: np.ndarray  # (frames, n_beads, 3) summed monomer forces
-    bead_masses_amu: np.ndarray      # (n_beads,)
+    dataset: CGDataset               # the chain's frames: bead positions (nm), forces (kJ/mol/nm), its mapping
+
+    @classmethod
+    def from_frames(cls, sequence: str, assignment: np.ndarray, positions_nm: np.ndarray,
+                    forces_kJ_per_mol_nm: np.ndarray, monomer_masses_amu, temperature_K: float,
+                    name: str = "chain") -> "ChainData":
+        """A chain from bead frames that are already mapped (frames, beads, 3)."""
+        positions_nm = np.asarray(positions_nm, dtype=np.float32)
+        return cls(sequence, np.asarray(assignment), CGDataset(
+            positions_nm, np.asarray(forces_kJ_per_mol_nm, dtype=np.float32), np.zeros(len(positions_nm), np.int32),
+            float(temperature_K), chain_mapping(sequence, assignment, monomer_masses_amu), [name]))
+
+    @property
+    def positions_nm(self) -> np.ndarray:
+        return self.dataset.positions_nm
+
+    @property
+    def forces_kJ_per_mol_nm(self) -> np.ndarray:
+        return self.dataset.forces_kJ_per_mol_nm
+
+    @property
+    def bead_masses_amu(self) -> np.ndarray:
+        return self.dataset.mapping.masses_amu
 
     @property
     def n_beads(self) -> int:
@@ -56,11 +93,9 @@ class PolymerCGData:
                 "units": {"positions": "nm", "forces": "kJ/mol/nm", "time": "ps", "mass": "amu"}})
             for index, chain in enumerate(self.chains):
                 group = h5.create_group(f"chain_{index:04d}")
+                chain.dataset.write_group(group)
                 group.attrs["sequence"] = chain.sequence
                 group["assignment"] = chain.assignment
-                group["positions_nm"] = chain.positions_nm
-                group["forces_kJ_per_mol_nm"] = chain.forces_kJ_per_mol_nm
-                group["bead_masses_amu"] = chain.bead_masses_amu
         return Path(path)
 
     @classmethod
@@ -70,8 +105,7 @@ class PolymerCGData:
             if metadata.get("kind") != "polymer_cg_data":
                 raise InputError(f"{path} is not a polymer CG data file (build one with build_polymer_cg_data)")
             chains = [ChainData(str(h5[name].attrs["sequence"]), h5[name]["assignment"][()],
-                                h5[name]["positions_nm"][()], h5[name]["forces_kJ_per_mol_nm"][()],
-                                h5[name]["bead_masses_amu"][()]) for name in sorted(h5.keys())]
+                                CGDataset.read_group(h5[name], f"{path}:{name}")) for name in sorted(h5.keys())]
         return cls(chains, metadata["frame_interval_ps"], metadata["temperature_K"], metadata["monomer_types"],
                    metadata["particles_per_bead"], metadata.get("source_metadata", {}))
 
@@ -94,8 +128,6 @@ def build_polymer_cg_data(reference_paths: Sequence, particles_per_bead: int) ->
     Each file's chains become separate entries (a second seed of the same set adds independent
     trajectories of the same sequences; split those by set, not by chain).
     """
-    import mdtraj
-
     chains: List[ChainData] = []
     metadata = {}
     for path in reference_paths:
@@ -105,7 +137,6 @@ def build_polymer_cg_data(reference_paths: Sequence, particles_per_bead: int) ->
             raise InputError(f"{path} is not a polymer reference (its metadata has no polymer_set)")
         with open_hdf5(path) as h5:
             masses = np.asarray(h5.attrs["masses_amu"], dtype=np.float64)
-        topology = mdtraj.Topology.from_openmm(reference.topology)
         for chain in reference.topology.chains():
             atoms = [atom.index for atom in chain.atoms()]
             first, end = atoms[0], atoms[-1] + 1
@@ -114,15 +145,12 @@ def build_polymer_cg_data(reference_paths: Sequence, particles_per_bead: int) ->
             sequence = "".join(atom.residue.name for atom in chain.atoms())
             n = end - first
             assignment = cluster_bond_graph(n, [(k, k + 1) for k in range(n - 1)], particles_per_bead)
-            # Beads at their monomers' centre of mass, with their summed forces: the mapping stage's map.
-            mapping = build_mapping(topology.subset(range(first, end)),
-                                    [np.flatnonzero(assignment == bead).tolist() for bead in range(assignment.max() + 1)],
-                                    "com", atom_masses_amu=masses[first:end])
-            chains.append(ChainData(
-                sequence, assignment,
+            mapping = chain_mapping(sequence, assignment, masses[first:end])
+            chains.append(ChainData(sequence, assignment, CGDataset(
                 mapping.map_positions(reference.positions_nm[:, first:end].astype(np.float64)).astype(np.float32),
                 mapping.map_forces(reference.forces_kJ_per_mol_nm[:, first:end].astype(np.float64)).astype(np.float32),
-                mapping.masses_amu))
+                np.zeros(len(reference.positions_nm), np.int32), reference.temperature_K, mapping,
+                [f"{reference.name}/chain{chain.index}"])))
     if not chains:
         raise InputError("no reference files given")
     return PolymerCGData(chains, float(metadata["save_interval_ps"]), float(metadata["temperature_K"]),
