@@ -170,8 +170,8 @@ def train_dynamics(config: DynamicsTrainConfig, resume: bool = False, overwrite:
                                                           replace=False)
     val_loader = loader(torch.utils.data.Subset(val_windows, sorted(val_items.tolist())), 4 * config.windows_per_batch,
                         False, config.seed, val_windows.collate, loader_draws_seed=False)
-    trainer, _ = make_trainer(run, "val_loss", config.max_epochs, config.early_stopping_patience,
-                              config.max_time_minutes, progress, devices=1)
+    trainer = make_trainer(run, "val_loss", config.max_epochs, config.early_stopping_patience,
+                           config.max_time_minutes, progress, devices=1)
     best = fit(trainer, task, train_loader, val_loader, run, resume)
     task.load_state_dict(load_state_dict(best))
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}

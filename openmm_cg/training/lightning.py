@@ -75,7 +75,7 @@ def _atomic_checkpoint_class():
 def make_trainer(run, monitor: str, max_epochs: int, early_stopping_patience: int,
                  max_time_minutes: Optional[float] = None, progress: bool = True, accelerator: str = "auto",
                  devices="auto"):
-    """(trainer, best-checkpoint callback) writing into the run folder ``run``."""
+    """A Lightning Trainer writing into the run folder ``run``."""
     pl = lightning()
     checkpoint_class = _atomic_checkpoint_class()
     directory = run.file("checkpoints")
@@ -96,7 +96,7 @@ def make_trainer(run, monitor: str, max_epochs: int, early_stopping_patience: in
         max_time={"minutes": max_time_minutes} if max_time_minutes else None,
         num_sanity_val_steps=0, log_every_n_steps=50,
     )
-    return trainer, best
+    return trainer
 
 
 def fit(trainer, task, train_loader, val_loader, run, resume: bool) -> str:

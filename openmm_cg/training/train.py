@@ -147,8 +147,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
     opt = config.training
     task = ForceMatching(model, opt.learning_rate, opt.weight_decay, opt.lr_factor, opt.lr_patience,
                          opt.min_learning_rate)
-    trainer, _ = make_trainer(run, "val_mse", opt.max_epochs, opt.early_stopping_patience, opt.max_time_minutes,
-                              progress, opt.accelerator, opt.devices)
+    trainer = make_trainer(run, "val_mse", opt.max_epochs, opt.early_stopping_patience, opt.max_time_minutes,
+                           progress, opt.accelerator, opt.devices)
     throughput = _Throughput()
     trainer.callbacks.append(throughput)
     best = fit(trainer, task, _loader(train_arrays, opt.batch_size, True, config.seed),
