@@ -1,8 +1,13 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+VERSION = {}
+exec((Path(__file__).parent / "openmm_cg" / "_version.py").read_text(), VERSION)  # one place for the version
 
 setup(
     name="openmm-cg",
-    version="0.1.0",
+    version=VERSION["__version__"],
     description="Machine-learned coarse-grained potentials (CGSchNet, force matching) for OpenMM",
     packages=find_packages(include=["openmm_cg", "openmm_cg.*"]),
     package_data={"openmm_cg": ["configs/*.yaml", "models/*.json", "models/*.md", "models/*.pt"]},

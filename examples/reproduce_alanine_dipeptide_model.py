@@ -21,7 +21,8 @@ CONFIGS = Path(__file__).resolve().parents[1] / "openmm_cg" / "configs"
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/ala2", help="folder for reference data, dataset and training")
-    parser.add_argument("--out", default="openmm_cg/models/alanine_dipeptide_cgschnet.pt")
+    parser.add_argument("--out", default="runs/ala2/alanine_dipeptide_cgschnet.pt",
+                        help="the model file (compare it with the shipped openmm_cg/models/alanine_dipeptide_cgschnet.pt)")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--frames-per-seed", type=int, default=None, help="override (for a quick smoke run)")
     parser.add_argument("--max-epochs", type=int, default=None, help="override (for a quick smoke run)")

@@ -19,7 +19,7 @@ import torch
 from ._version import __version__
 from .errors import InputError, ModelFileError, OutputExistsError
 from .nn.kinds import FORMAT_VERSION, POTENTIAL, kind_of
-from .outputs import atomic_path, write_json
+from .outputs import atomic_path, load_plain, write_json
 from .priors.volume import VolumeTermParameters
 
 METADATA_FILE = "openmm_cg_metadata.json"
@@ -68,8 +68,6 @@ def _check_model_path(path: Path, overwrite: bool) -> None:
         if not ours:
             raise OutputExistsError(f"{json_path} is not an openmm-cg model's metadata; it is left alone: choose "
                                     "another model name")
-    if state_path.exists() and not path.exists():
-        raise OutputExistsError(f"{state_path} exists without {path.name}; it is left alone: choose another model name")
 
 
 def save_model(module: torch.nn.Module, metadata: dict, path, dtype: str = "float32", overwrite: bool = False) -> Path:
@@ -144,15 +142,20 @@ def load_eager(path, kind: str = POTENTIAL) -> Tuple[torch.nn.Module, dict]:
     state_path = sidecar_paths(path)[1]
     if not state_path.is_file():
         raise ModelFileError(f"{state_path} (the weights beside {path}) is missing; the eager model cannot be rebuilt")
-    try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # weights-only unpickling refuses anything but tensors and plain containers
-        raise ModelFileError(f"{state_path} is not a plain weights file: {str(error).splitlines()[0]}") from None
+    state = load_plain(state_path, "a plain weights file", ModelFileError)
     _check_integrity(state_path, metadata, state)
     # Cast before loading: loading float64 weights into float32 parameters would round them.
     module = kind_of(metadata).build(metadata).to(DTYPES[metadata.get("dtype", "float32")])
-    module.load_state_dict(state)
+    _load_weights(module, state, state_path)
     return module.eval(), metadata
+
+
+def _load_weights(module: torch.nn.Module, state: dict, where) -> None:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:  # missing, unexpected or misshapen tensors
+        raise ModelFileError(f"{where}: the weights do not fit the model its metadata describes: "
+                             f"{str(error).splitlines()[0]}") from None
 
 
 def rescript(path, kind: str = POTENTIAL) -> Path:
@@ -174,7 +177,7 @@ def add_volume_term(path, params: VolumeTermParameters, out, overwrite: bool = F
         raise InputError(f"{path} does not take the temperature: its volume term cannot depend on it")
     metadata = dict(metadata, volume_term=params.to_dict())
     rebuilt = kind_of(metadata).build(metadata).to(DTYPES[metadata.get("dtype", "float32")])
-    rebuilt.load_state_dict(module.state_dict())
+    _load_weights(rebuilt, module.state_dict(), path)
     return save_model(rebuilt, metadata, out, metadata.get("dtype", "float32"), overwrite)
 
 

@@ -84,6 +84,17 @@ def sha256_of_file(path, block_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def load_plain(path, what: str, error=InputError):
+    """``torch.load`` of a file from a user's folder, weights-only: tensors and plain containers, never code. Anything
+    else raises ``error`` saying that ``path`` is not ``what``."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exception:  # weights-only unpickling refuses code and unknown classes; bad archives fail too
+        raise error(f"{path} is not {what} (tensors and plain data only): {str(exception).splitlines()[0]}") from None
+
+
 def check_output_file(path, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.is_dir():
@@ -122,6 +133,9 @@ class RunFolder:
         that a resumed run may change."""
         path = Path(path)
         settings = plain(settings)
+        for name, source in (inputs or {}).items():
+            if not Path(source).is_file():
+                raise InputError(f"{name} {source} is not a file")
         input_digests = {name: {"path": str(p), "sha256": sha256_of_file(p)} for name, p in (inputs or {}).items()}
         if path.exists() and not path.is_dir():
             raise OutputExistsError(f"{path} is a file, not a folder")
@@ -134,7 +148,7 @@ class RunFolder:
             raise OutputExistsError(f"{path} holds a {manifest.get('stage')!r} run, not a {stage!r} run; choose "
                                     "another folder (--overwrite replaces only a run of the same stage)")
         if manifest is not None and overwrite:
-            doomed = [path / name for name in manifest.get("files", [])]
+            doomed = [path / name for name in _own_files(path, manifest)]
             for name, entry in input_digests.items():
                 source = Path(entry["path"]).resolve()
                 if any(source == d.resolve() or d.resolve() in source.parents for d in doomed):
@@ -223,6 +237,18 @@ def _read_manifest(path: Path) -> Optional[dict]:
     if not isinstance(data, dict) or "stage" not in data:
         raise InputError(f"{manifest} is not an openmm-cg run manifest; the folder is left untouched")
     return data
+
+
+def _own_files(path: Path, manifest: dict) -> List[str]:
+    """The manifest's files, each checked to be one name inside the folder (a manifest is a file in a user's
+    folder: an edited one must not make --overwrite delete anything outside it)."""
+    files = manifest.get("files", [])
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        raise InputError(f"{path / MANIFEST} lists its files wrongly; nothing is deleted")
+    for name in files:
+        if name in ("", ".", "..") or Path(name).name != name or (path / name).resolve().parent != path.resolve():
+            raise InputError(f"{path / MANIFEST} lists {name!r}, which is not a file of the folder; nothing is deleted")
+    return files
 
 
 def _check_compatible(path: Path, manifest: dict, settings: dict, inputs: dict, mutable: set) -> None:

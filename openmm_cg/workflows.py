@@ -44,9 +44,22 @@ def train(config, resume: bool = False, overwrite: bool = False, progress: bool 
     from .training.train import train as train_model
 
     trained = train_model(config, resume=resume, overwrite=overwrite, progress=progress)
-    path = RunFolder.attach(trained.run_dir, "training").file("model.pt")
-    save_model(trained.module, trained.metadata, path, config.training.export_dtype, overwrite=True)
-    return dict(trained.summary, model=str(path))
+    run = RunFolder.attach(trained.run_dir, "training")
+    path = save_model(trained.module, trained.metadata, model_file(run, "model.pt"), config.training.export_dtype,
+                      overwrite=True)
+    summary = dict(trained.summary, model=str(path))
+    run.write_json("summary.json", summary)
+    return summary
+
+
+def model_file(run: RunFolder, name: str) -> Path:
+    """The path of model file ``name`` in a run folder, recorded with its sidecars as the package's own."""
+    from .export import sidecar_paths
+
+    path = run.file(name)
+    for sidecar in sidecar_paths(path):
+        run.file(sidecar.name)
+    return path
 
 
 def export_run(run_dir, out, dtype: str = "float32", checkpoint: str = "best", overwrite: bool = False) -> Path:
@@ -131,8 +144,9 @@ def pressure_match(model, datasets: Sequence, out, work, config: Optional[Pressu
         raise InputError(f"{model} already has a volume term; match the model without one")
     if any(not d.periodic for d in datasets):
         raise InputError("pressure matching needs periodic (liquid) datasets")
+    # The CG runs always continue (--overwrite is for the output model); their length and threads may change.
     run = RunFolder.open(work, "pressure-matching", asdict(config), {"model": potential.path}, resume=True,
-                         overwrite=overwrite)
+                         mutable=("steps", "threads", "skip_ps", "n_blocks"))
     points, details = [], []
     for dataset in datasets:
         temperature = dataset.temperature_K
@@ -181,8 +195,8 @@ def train_propagator(config, resume: bool = False, overwrite: bool = False, prog
     trained = train_dynamics(config, resume=resume, overwrite=overwrite, progress=progress)
     run = RunFolder.attach(trained.run_dir, "dynamics-training")
     dtype = config.export_dtype
-    save_model(trained.dynamics, trained.dynamics_metadata(), run.file("dynamics.pt"), dtype, overwrite=True)
-    save_model(trained.score, trained.score_metadata(), run.file("score.pt"), dtype, overwrite=True)
+    save_model(trained.dynamics, trained.dynamics_metadata(), model_file(run, "dynamics.pt"), dtype, overwrite=True)
+    save_model(trained.score, trained.score_metadata(), model_file(run, "score.pt"), dtype, overwrite=True)
     return trained.summary
 
 
@@ -244,9 +258,9 @@ def demo(out, overwrite: bool = False, reference_frames_per_seed: int = 10000, t
                      "max_time_minutes": train_minutes},
     })
     summary = stage("training", train, train_config)
-    model = run.file("model.pt")
+    model = model_file(run, "model.pt")
     for source in (summary["model"], *sidecar_paths(summary["model"])):
-        shutil.copy(source, run.file(Path(source).name))
+        shutil.copy(source, run.path / Path(source).name)
     simulation = stage("simulation", simulate, model, SimulationConfig(
         n_steps=cg_steps, report_interval=250, checkpoint_interval=5000, platform="CPU", seed=0),
         work / "simulation", init=dataset_path, replicas=cg_replicas)

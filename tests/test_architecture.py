@@ -11,7 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "openmm_cg"
 
-# The pipeline, in order (DESIGN.md): a module may import its own stage and the stages before it.
+# The pipeline, in order (the design card's "stages import only what lies before them"): a module may import its
+# own stage and the stages before it.
 STAGES = [
     ("units/io", ["_version", "_runtime", "errors", "units", "outputs", "geometry", "topology", "machine"]),
     ("reference data", ["data.reference", "data.polymers"]),

@@ -21,6 +21,25 @@ from openmm_cg.workflows import simulate, train
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_b1a5db6.json").read_text())
 
 
+def test_molecular_training_with_partial_batches_gives_the_same_model(tmp_path):
+    """Batches that do not divide the frames: torch's sampler draws once more per epoch, and so must a resume."""
+    from test_force_matching import toy_dataset
+
+    toy_dataset(400).save(tmp_path / "toy.h5")
+    summary = train(config_from_dict({
+        "seed": 1, "output": str(tmp_path / "train"),
+        "data": {"dataset": str(tmp_path / "toy.h5"), "validation_fraction": 0.25},
+        "priors": {"angles": False, "dihedrals": False, "repulsion": False},
+        "model": {"cgschnet": {"n_features": 16, "n_interactions": 1, "n_rbf": 24, "cutoff_nm": 1.2,
+                               "n_output_hidden": 16}},
+        "training": {"batch_size": 64, "max_epochs": 3, "learning_rate": 5e-3, "export_dtype": "float64"},
+    }), progress=False)
+    golden = GOLDEN["molecular_training_partial_batches"]
+    assert summary["train_frames"] % golden["batch_size"] != 0
+    assert summary["validation_force_rmse_kJ_per_mol_nm"] == pytest.approx(
+        golden["validation_force_rmse_kJ_per_mol_nm"], rel=1e-6)
+
+
 def test_molecular_training_gives_the_same_model(tmp_path):
     from test_force_matching import toy_dataset
 
@@ -126,3 +145,24 @@ def test_short_simulation_of_the_shipped_model_is_unchanged(tmp_path):
                                GOLDEN["simulation"]["potential_energy_kJ_per_mol"], rtol=1e-4)
     np.testing.assert_allclose([float(r["temperature_K"]) for r in rows], GOLDEN["simulation"]["temperature_K"],
                                rtol=1e-4)
+
+
+def test_a_model_file_written_before_the_restructuring_still_loads(tmp_path):
+    """tests/data/legacy_pair_table_b1a5db6.pt was written by b1a5db6 (no kind, no digests, the table's weights at
+    the top level): its scripted file, its eager rebuild and a re-export all give the same energies."""
+    from openmm_cg.export import potential_energy_function, read_metadata, rescript
+
+    legacy = Path(__file__).parent / "data" / "legacy_pair_table_b1a5db6.pt"
+    assert "model_kind" not in read_metadata(legacy) and "integrity" not in read_metadata(legacy)
+    x = torch.rand(2, 64, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 2.0
+    boxes = torch.eye(3, dtype=torch.float64).expand(2, 3, 3) * 2.0
+    scripted = load_exported(legacy)[0].energy_batch(x, boxes)
+    eager, _ = load_eager(legacy)
+    torch.testing.assert_close(eager.energy_batch(x, boxes), scripted, rtol=1e-12, atol=0)
+    torch.testing.assert_close(potential_energy_function(legacy)(x, boxes), scripted, rtol=1e-12, atol=0)
+    for suffix in (".pt", ".json", ".state.pt"):
+        (tmp_path / ("table" + suffix)).write_bytes(legacy.with_name(legacy.stem + suffix).read_bytes())
+    rescript(tmp_path / "table.pt")
+    assert read_metadata(tmp_path / "table.pt")["model_kind"] == "tabulated-pair"
+    torch.testing.assert_close(load_exported(tmp_path / "table.pt")[0].energy_batch(x, boxes), scripted, rtol=1e-12,
+                               atol=0)

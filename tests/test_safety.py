@@ -339,3 +339,31 @@ def test_run_folder_rules(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputExistsError, match="is a file"):
         RunFolder.open(tmp_path / "file", "stage", {})
+
+
+def test_a_finished_training_run_can_be_overwritten(toy_dataset, toy_run, tmp_path):
+    """--overwrite removes the model file and its sidecars with the rest of the run, then trains again."""
+    from openmm_cg.workflows import train
+
+    run, _ = toy_run
+    copy = tmp_path / "train"
+    subprocess.run(["cp", "-r", str(run), str(copy)], check=True)
+    (copy / "my_notes.txt").write_text("keep")
+    summary = train(config_from_dict(toy_config(toy_dataset, copy, 1)), overwrite=True, progress=False)
+    assert summary["epochs_run"] == 1 and Path(summary["model"]).exists()
+    assert json.loads((copy / "summary.json").read_text())["model"] == summary["model"]
+    assert (copy / "my_notes.txt").read_text() == "keep"
+
+
+def test_an_edited_manifest_cannot_make_overwrite_delete_outside_the_folder(tmp_path):
+    from openmm_cg.outputs import MANIFEST, RunFolder
+
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep")
+    RunFolder.open(tmp_path / "run", "stage", {})
+    for files in (["../precious.txt"], [str(outside)], "abc", ["sub/file"]):
+        manifest = json.loads((tmp_path / "run" / MANIFEST).read_text())
+        (tmp_path / "run" / MANIFEST).write_text(json.dumps(dict(manifest, files=files)))
+        with pytest.raises(InputError, match="nothing is deleted"):
+            RunFolder.open(tmp_path / "run", "stage", {}, overwrite=True)
+    assert outside.read_text() == "keep"

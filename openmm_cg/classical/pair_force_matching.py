@@ -8,7 +8,7 @@ import torch
 from ..data.datasets import CGDataset
 from ..errors import InputError
 from ..nn.neighbors import neighbor_pairs
-from ..nn.tabulated import PeriodicTabulatedPair
+from ..nn.tabulated import TABLE_FORM, PeriodicTabulatedPair
 from .least_squares import PairForceFit
 
 
@@ -22,7 +22,7 @@ class PairForceTable:
     def to_dict(self) -> dict:
         return {"r_first_nm": self.r_first_nm, "cutoff_nm": self.cutoff_nm,
                 "force_kJ_per_mol_nm": np.asarray(self.force_kJ_per_mol_nm).tolist(),
-                "temperature_K": self.temperature_K, "form": "f(r) piecewise linear, U(r) = int_r^cutoff f"}
+                "temperature_K": self.temperature_K, "form": TABLE_FORM}
 
 
 def fit_pair_force_matching(dataset: CGDataset, cutoff_nm: float, n_knots: int = 80, max_frames: int = 2000,
@@ -48,12 +48,9 @@ def fit_pair_force_matching(dataset: CGDataset, cutoff_nm: float, n_knots: int =
 def pair_table_model(table: PairForceTable, dataset: CGDataset):
     """(module, metadata) of the fitted table as an openmm-cg potential (periodic, one bead per molecule), like
     the learned models; ``export.save_model`` writes it."""
-    from ..mapping.cgmap import repeat_unit
     from ..nn.kinds import potential_metadata
 
     module = PeriodicTabulatedPair(table.r_first_nm, table.cutoff_nm, table.force_kJ_per_mol_nm)
-    mapping_dict = dict(repeat_unit(dataset.mapping), mapping=dataset.mapping.to_dict())
-    extra = {"example_liquid_frame": {"positions_nm": dataset.positions_nm[0].tolist(),
-                                      "box_nm": dataset.box_vectors_nm[0].tolist()},
-             "tabulated_pair": dict(module.describe()["tabulated_pair"], temperature_K=table.temperature_K)}
+    mapping_dict, extra = dataset.model_description()
+    extra["tabulated_pair"] = dict(module.describe()["tabulated_pair"], temperature_K=table.temperature_K)
     return module, potential_metadata(module, mapping_dict, [table.temperature_K], dataset.data_hash(), extra)

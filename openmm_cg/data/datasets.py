@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..mapping.cgmap import CGMapping, map_and_check
+from ..mapping.cgmap import CGMapping, map_and_check, repeat_unit
 from ..outputs import atomic_path, check_output_file, sha256_of_arrays
 from ..topology import bonds_array, topology_from_json
 from .reference import H5_METADATA_KEY
@@ -128,6 +128,16 @@ class CGDataset:
     def load(cls, path) -> "CGDataset":
         with open_hdf5(path) as h5:
             return cls.read_group(h5, str(path))
+
+    def model_description(self):
+        """(the molecule a model trained on these data describes, extra metadata): its mapping, and one frame to
+        start simulations from. A periodic model describes the repeating molecule of the liquid, with the full
+        reference mapping and one frame with its box beside it."""
+        if not self.periodic:
+            return self.mapping.to_dict(), {"example_positions_nm": self.positions_nm[0].tolist()}
+        return (dict(repeat_unit(self.mapping), mapping=self.mapping.to_dict()),
+                {"example_liquid_frame": {"positions_nm": self.positions_nm[0].tolist(),
+                                          "box_nm": self.box_vectors_nm[0].tolist()}})
 
     def write_group(self, group) -> None:
         """Write into an HDF5 group (a whole file's root, or one group of a file that holds several)."""

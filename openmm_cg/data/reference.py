@@ -405,10 +405,12 @@ def generate_reference(config: ReferenceConfig, out_dir, n_workers: Optional[int
 
 
 def reference_config(out_dir) -> ReferenceConfig:
-    """The settings a reference folder was generated with (its run folder's config)."""
+    """The settings a reference folder was generated with (its run folder's config; folders written before run
+    folders had manifests kept them in ``reference_config.json``)."""
     from ..outputs import CONFIG
 
-    path = Path(out_dir) / CONFIG
-    if not path.is_file():
-        raise InputError(f"{out_dir} is not a reference folder written by openmm-cg (no {CONFIG})")
-    return ReferenceConfig(**json.loads(path.read_text()))
+    for name in (CONFIG, "reference_config.json"):
+        path = Path(out_dir) / name
+        if path.is_file():
+            return ReferenceConfig(**json.loads(path.read_text()))
+    raise InputError(f"{out_dir} is not a reference folder written by openmm-cg (no {CONFIG})")

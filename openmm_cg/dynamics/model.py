@@ -199,7 +199,12 @@ SCORE_KIND = "openmm-cg score"
 
 
 def _config(metadata: dict) -> DynamicsConfig:
-    return DynamicsConfig(**metadata["model_config"])
+    try:
+        return DynamicsConfig(**metadata["model_config"])
+    except TypeError as error:  # keys of another version
+        from ..errors import ModelFileError
+
+        raise ModelFileError(f"the model's network settings do not fit this openmm-cg: {error}") from None
 
 
 class DynamicsKind(ModelKind):

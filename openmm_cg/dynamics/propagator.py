@@ -22,6 +22,7 @@ import torch
 
 from ..classical.chain_force_matching import ChainForceTables
 from ..errors import InputError, RolloutStopped
+from ..outputs import atomic_path, load_plain
 from .chains import ChainBatch
 
 
@@ -186,18 +187,12 @@ class Propagator:
     def save_checkpoint(self, path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(self.state(), tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            torch.save(self.state(), tmp)
         return path
 
     def load_checkpoint(self, path) -> None:
-        try:  # weights-only: a crafted checkpoint in an output folder cannot run code
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise InputError(f"{path} is not a rollout checkpoint (tensors and plain data only): "
-                             f"{str(error).splitlines()[0]}") from None
-        self.load_state(state)
+        self.load_state(load_plain(path, "a rollout checkpoint"))  # a crafted checkpoint cannot run code
 
 
 def _dtype_of(module: torch.nn.Module) -> torch.dtype:

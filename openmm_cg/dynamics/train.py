@@ -1,4 +1,5 @@
-"""Training of the learned propagator and its score network (PyTorch Lightning), and their export.
+"""Training of the learned propagator and its score network (PyTorch Lightning); ``workflows.train_propagator``
+writes their model files.
 
 Samples are windows of one chain's CG trajectory: k history frames ``stride`` reference frames apart
 and the frame one step after them. The dynamics network is fitted by the Gaussian negative

@@ -104,7 +104,12 @@ def kind_of(metadata: dict) -> ModelKind:
             name = "tabulated-pair"
         else:
             name = "periodic" if metadata.get("periodic") else "molecular"
-    return get_kind(name)
+    kind = get_kind(name)
+    if metadata.get("kind", kind.file_kind) != kind.file_kind:
+        from ..errors import ModelFileError
+
+        raise ModelFileError(f"model kind {name!r} is a {kind.file_kind}, but the file says {metadata.get('kind')!r}")
+    return kind
 
 
 def potential_metadata(module: nn.Module, mapping_dict: dict, temperatures_K, data_hash: str,

@@ -1,6 +1,6 @@
 """The learned part of a CG potential: one network per architecture, chosen by its config's type."""
 from dataclasses import asdict
-from typing import Union
+from typing import Optional, Union
 
 from torch import nn
 
@@ -30,5 +30,16 @@ def network_config_from_dict(architecture: str, data: dict) -> NetworkConfig:
     return _BY_NAME[architecture][0](**data)
 
 
-def network_config_to_dict(config: NetworkConfig) -> dict:
-    return asdict(config)
+def describe_network(config: Optional[NetworkConfig], energy_scale_kJ_per_mol: float) -> dict:
+    """The metadata fields of a potential's network (or of its absence: a prior-only model)."""
+    if config is None:
+        return {"architecture": "prior-only", "network_config": None, "energy_scale_kJ_per_mol": 1.0}
+    return {"architecture": architecture_of(config), "network_config": asdict(config),
+            "energy_scale_kJ_per_mol": float(energy_scale_kJ_per_mol)}
+
+
+def network_config_of(metadata: dict) -> Optional[NetworkConfig]:
+    """The network config a potential's metadata describes (None for a prior-only model)."""
+    if not metadata.get("network_config"):
+        return None
+    return network_config_from_dict(metadata["architecture"], metadata["network_config"])

@@ -20,7 +20,7 @@ from ..priors.pair import PAIR_FORM, PairPriorParameters, PairRepulsion
 from ..priors.volume import VolumeTerm, VolumeTermParameters
 from .kinds import ModelKind, PotentialModule
 from .neighbors import neighbor_pairs
-from .networks import NetworkConfig, architecture_of, build_network, network_config_from_dict, network_config_to_dict
+from .networks import NetworkConfig, build_network, describe_network, network_config_of
 from .schnet import SchNetConfig
 
 # The OpenMM global parameter that feeds a temperature-aware model (TorchForce passes it to forward;
@@ -61,12 +61,9 @@ class PeriodicCGPotentialModule(PotentialModule):
         self.volume = VolumeTerm(volume_term)
         self.description = {
             "model_kind": PERIODIC.name, "periodic": True, "n_beads": self.n_beads,
-            "bead_types": bead_types.tolist(), "n_types": int(n_types),
-            "architecture": architecture_of(network_config) if network_config is not None else "prior-only",
-            "cutoff_nm": self.cutoff_nm,
-            "network_config": network_config_to_dict(network_config) if network_config is not None else None,
-            "energy_scale_kJ_per_mol": float(energy_scale_kJ_per_mol) if network_config is not None else 1.0,
-            "priors": pair_prior.to_dict() if pair_prior is not None else None, "prior_forms": {"pair": PAIR_FORM}}
+            "bead_types": bead_types.tolist(), "n_types": int(n_types), "cutoff_nm": self.cutoff_nm,
+            "priors": pair_prior.to_dict() if pair_prior is not None else None, "prior_forms": {"pair": PAIR_FORM},
+            **describe_network(network_config, energy_scale_kJ_per_mol)}
         if self.temperature_aware:
             self.description["temperature_input"] = {"global_parameter": TEMPERATURE_PARAMETER,
                                                      "reference_K": self.temperature_reference_K}
@@ -138,12 +135,11 @@ class PeriodicKind(ModelKind):
     periodic = True
 
     def build(self, metadata: dict) -> PeriodicCGPotentialModule:
-        config = (network_config_from_dict(metadata["architecture"], metadata["network_config"])
-                  if metadata.get("network_config") else None)
         volume = VolumeTermParameters.from_dict(metadata["volume_term"]) if metadata.get("volume_term") else None
         pair = PairPriorParameters.from_dict(metadata["priors"]) if metadata.get("priors") else None
         temperature_input = metadata.get("temperature_input")
-        return PeriodicCGPotentialModule(metadata["bead_types"], pair, config, n_types=metadata["n_types"],
+        return PeriodicCGPotentialModule(metadata["bead_types"], pair, network_config_of(metadata),
+                                         n_types=metadata["n_types"],
                                          energy_scale_kJ_per_mol=metadata["energy_scale_kJ_per_mol"],
                                          temperature_reference_K=temperature_input["reference_K"]
                                          if temperature_input else None, volume_term=volume)

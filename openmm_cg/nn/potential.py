@@ -10,7 +10,7 @@ from torch import nn
 
 from ..priors.terms import PRIOR_FORMS, PriorEnergy, PriorParameters
 from .kinds import ModelKind, PotentialModule
-from .networks import NetworkConfig, architecture_of, build_network, network_config_from_dict, network_config_to_dict
+from .networks import NetworkConfig, build_network, describe_network, network_config_of
 
 
 def all_pairs(n_beads: int) -> torch.Tensor:
@@ -53,11 +53,9 @@ class CGPotentialModule(PotentialModule):
         self.description = {
             "model_kind": MOLECULAR.name, "periodic": False, "n_beads": self.n_beads,
             "bead_types": bead_types.tolist(), "n_types": int(n_types),
-            "architecture": architecture_of(network_config) if network_config is not None else "prior-only",
             "cutoff_nm": network_config.cutoff_nm if network_config is not None else None,
-            "network_config": network_config_to_dict(network_config) if network_config is not None else None,
-            "energy_scale_kJ_per_mol": float(energy_scale_kJ_per_mol) if network_config is not None else 1.0,
-            "priors": prior_params.to_dict(), "prior_forms": PRIOR_FORMS}
+            "priors": prior_params.to_dict(), "prior_forms": PRIOR_FORMS,
+            **describe_network(network_config, energy_scale_kJ_per_mol)}
 
     @torch.jit.export
     def energy_parts(self, positions: torch.Tensor, boxes: Optional[torch.Tensor] = None,
@@ -83,9 +81,8 @@ class MolecularKind(ModelKind):
     name = "molecular"
 
     def build(self, metadata: dict) -> CGPotentialModule:
-        config = (network_config_from_dict(metadata["architecture"], metadata["network_config"])
-                  if metadata.get("network_config") else None)
-        return CGPotentialModule(metadata["bead_types"], PriorParameters.from_dict(metadata["priors"]), config,
+        return CGPotentialModule(metadata["bead_types"], PriorParameters.from_dict(metadata["priors"]),
+                                 network_config_of(metadata),
                                  n_types=metadata["n_types"], energy_scale_kJ_per_mol=metadata["energy_scale_kJ_per_mol"])
 
 

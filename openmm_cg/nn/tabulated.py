@@ -104,6 +104,17 @@ class PeriodicTabulatedPair(PotentialModule):
                                "force_kJ_per_mol_nm": forces.tolist(), "form": TABLE_FORM}}
         if volume_term is not None:
             self.description["volume_term"] = volume_term.to_dict()
+        self._register_load_state_dict_pre_hook(self._read_earlier_layout)
+
+    def _read_earlier_layout(self, state_dict, prefix, *args):
+        """Weights of files from before ``ForceTables`` (0.1.0 up to b1a5db6) held the table at the top level; the
+        table's other buffers follow from the metadata this module was built from."""
+        if prefix + "forces" in state_dict:
+            for name, buffer in self.table.named_buffers():
+                state_dict[f"{prefix}table.{name}"] = buffer
+            state_dict[prefix + "table.forces"] = state_dict.pop(prefix + "forces").reshape(1, -1)
+            state_dict[prefix + "table.energies"] = state_dict.pop(prefix + "energies").reshape(1, -1)
+            state_dict[prefix + "table.slope_low"] = state_dict.pop(prefix + "first_slope").reshape(1)
 
     @torch.jit.export
     def energy_parts(self, positions: torch.Tensor, boxes: Optional[torch.Tensor] = None,

@@ -147,7 +147,7 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
 
     writer = TrajectoryWriter(traj_path, topology, config.timestep_ps, config.report_interval,
                               resume_frames=n_frames if state is not None else None)
-    watch = _BlowUpWatch(config, temperature, n_dof, run.path, simulation.context, step)
+    watch = _BlowUpWatch(config, temperature, n_dof, run, simulation.context, step)
 
     from tqdm.auto import tqdm
 
@@ -205,8 +205,8 @@ class _BlowUpWatch:
     unphysical hole (energy down): either moves the energy by many kT per bead from where it began.
     """
 
-    def __init__(self, config: SimulationConfig, temperature: float, n_dof: int, out_dir: Path, context, step: int):
-        self.config, self.temperature, self.n_dof, self.out_dir = config, temperature, n_dof, out_dir
+    def __init__(self, config: SimulationConfig, temperature: float, n_dof: int, run: RunFolder, context, step: int):
+        self.config, self.temperature, self.n_dof, self.run = config, temperature, n_dof, run
         self.n_particles = n_dof // 3
         state = context.getState(getPositions=True, getVelocities=True, getEnergy=True, getForces=True)
         self._check_start(state, step)
@@ -250,17 +250,20 @@ class _BlowUpWatch:
         self.last_good, self.last_good_step = state, step
 
     def fail(self, step: int, problem: str) -> None:
-        path = self.out_dir / "last_good_state.xml"
-        path.write_text(openmm.XmlSerializer.serialize(self.last_good))
+        path = self.run.file("last_good_state.xml")
+        with atomic_path(path) as tmp:
+            tmp.write_text(openmm.XmlSerializer.serialize(self.last_good))
         raise SimulationBlowUpError(f"simulation blew up by step {step} ({problem}); the last good state "
                                     f"(step {self.last_good_step}) is saved in {path}", step, str(path))
 
 
 def _truncate_log(path: Path, step: int) -> None:
+    """Keep the rows up to ``step`` (the resumed checkpoint's): the run writes the later ones again."""
     if not path.exists():
         return
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= step]
-    with open(path, "w", newline="") as handle:
-        csv.writer(handle).writerows(kept)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            csv.writer(handle).writerows(kept)

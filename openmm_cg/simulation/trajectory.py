@@ -74,19 +74,26 @@ class TrajectoryWriter:
 
 
 def _dcd_layout(handle):
-    """(frame count, first step, interval, header bytes) of an OpenMM DCD file."""
+    """(frame count, first step, interval, header bytes, bytes per frame) of an OpenMM DCD file."""
     handle.seek(0)
     magic = handle.read(8)
     if magic[4:8] != b"CORD" or struct.unpack("<i", magic[:4])[0] != 84:
         raise InputError(f"{handle.name} is not a DCD file")
     count, first_step, interval = struct.unpack("<3i", handle.read(12))
+    handle.seek(48)
+    has_box = struct.unpack("<i", handle.read(4))[0] == 1
     handle.seek(92)
     title_bytes = struct.unpack("<i", handle.read(4))[0]
-    return count, first_step, interval, 104 + title_bytes + 8
+    handle.seek(104 + title_bytes)
+    n_atoms = struct.unpack("<i", handle.read(4))[0]
+    # Per frame: the box record (6 doubles) if any, then x, y and z (float32 each), every record framed by 4 bytes.
+    frame_bytes = (56 if has_box else 0) + 3 * (4 * n_atoms + 8)
+    return count, first_step, interval, 104 + title_bytes + 8, frame_bytes
 
 
 def truncate_trajectory(path, n_frames: int) -> None:
-    """Keep the first ``n_frames`` frames of a DCD or HDF5 trajectory; headers stay as they were."""
+    """Keep the first ``n_frames`` frames of a DCD or HDF5 trajectory; headers stay as they were. A frame that a
+    kill cut short is dropped with the others after ``n_frames``."""
     path = Path(path)
     if path.suffix == ".h5":
         import h5py
@@ -97,12 +104,11 @@ def truncate_trajectory(path, n_frames: int) -> None:
                     h5[name].resize(n_frames, axis=0)
         return
     with open(path, "r+b") as handle:
-        count, first_step, interval, header = _dcd_layout(handle)
-        if count <= n_frames:
-            return
-        frame_bytes, remainder = divmod(os.path.getsize(path) - header, count)
-        if remainder:
-            raise InputError(f"{path} is not a whole number of frames; it was not written by openmm-cg")
+        count, first_step, interval, header, frame_bytes = _dcd_layout(handle)
+        complete = (os.path.getsize(path) - header) // frame_bytes
+        if min(count, complete) < n_frames:
+            raise InputError(f"{path} holds {min(count, complete)} whole frames, fewer than the {n_frames} its "
+                             "checkpoint was written after: the trajectory was changed or lost; start the run again")
         handle.truncate(header + n_frames * frame_bytes)
         handle.seek(8)
         handle.write(struct.pack("<i", n_frames))
@@ -119,7 +125,7 @@ def frame_times_ps(path) -> np.ndarray:
         with h5py.File(path, "r") as h5:
             return np.asarray(h5["time"][()], dtype=np.float64)
     with open(path, "rb") as handle:
-        count, first_step, interval, _ = _dcd_layout(handle)
+        count, first_step, interval, _, _ = _dcd_layout(handle)
         handle.seek(44)
         step_ps = struct.unpack("<f", handle.read(4))[0] * _AKMA_PS
     return (first_step + interval * np.arange(1, count + 1)) * step_ps

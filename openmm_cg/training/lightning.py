@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from ..errors import InputError
+from ..outputs import load_plain
 
 
 def lightning():
@@ -28,12 +29,13 @@ def lightning():
 class EpochSampler(torch.utils.data.Sampler):
     """torch's ``RandomSampler`` (seeded ``generator``, without replacement, ``num_samples`` per epoch) that draws
     in epoch e what an uninterrupted run draws in its epoch e: each epoch reseeds the generator and replays it
-    through the earlier epochs, including the worker seed that a DataLoader holding the same generator draws
-    before every epoch (``loader_draws_seed``). Lightning sets the epoch before the first batch of each epoch."""
+    through the earlier epochs as a DataLoader with ``batch_size`` consumed it, including the worker seed that a
+    DataLoader holding the same generator draws before every epoch (``loader_draws_seed``). Lightning sets the
+    epoch before the first batch of each epoch."""
 
-    def __init__(self, n_items: int, seed: int, generator: torch.Generator, num_samples: Optional[int] = None,
-                 loader_draws_seed: bool = False):
-        self.n_items, self.seed, self.generator = int(n_items), int(seed), generator
+    def __init__(self, n_items: int, seed: int, generator: torch.Generator, batch_size: int,
+                 num_samples: Optional[int] = None, loader_draws_seed: bool = False):
+        self.n_items, self.seed, self.generator, self.batch_size = int(n_items), int(seed), generator, int(batch_size)
         self.num_samples, self.loader_draws_seed = num_samples, loader_draws_seed
         self.epoch = 0
 
@@ -50,9 +52,15 @@ class EpochSampler(torch.utils.data.Sampler):
         for epoch in range(self.epoch + 1):
             if self.loader_draws_seed:
                 torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-            if epoch < self.epoch:  # a loader stops after len(self) items: torch's sampler never draws past them
-                for _ in itertools.islice(iter(sampler), len(self)):
+            if epoch < self.epoch:
+                # A loader stops after len(self) items; a partial last batch asks for more and so runs torch's
+                # sampler to its end, which draws one more permutation.
+                items = iter(sampler)
+                for _ in itertools.islice(items, len(self)):
                     pass
+                if len(self) % self.batch_size:
+                    for _ in items:
+                        pass
         return iter(sampler)
 
 
@@ -112,11 +120,7 @@ def fit(trainer, task, train_loader, val_loader, run, resume: bool) -> str:
 
 def load_state_dict(checkpoint_path) -> dict:
     """The ``state_dict`` of a Lightning checkpoint, read weights-only."""
-    try:
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    except Exception as error:  # weights-only unpickling refuses code and unknown classes
-        raise InputError(f"{checkpoint_path} is not a plain training checkpoint (tensors and plain data only): "
-                         f"{str(error).splitlines()[0]}") from None
+    checkpoint = load_plain(checkpoint_path, "a plain training checkpoint")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise InputError(f"{checkpoint_path} is not a training checkpoint (no state_dict)")
     return checkpoint["state_dict"]
@@ -128,6 +132,6 @@ def loader(dataset, batch_size: int, shuffle: bool, seed: int, collate_fn=None, 
     order otherwise. ``loader_draws_seed``: the DataLoader shares the sampler's generator (and draws its worker
     seed from it each epoch), as force matching always did; learned dynamics kept them apart."""
     generator = torch.Generator().manual_seed(seed)
-    sampler = EpochSampler(len(dataset), seed, generator, num_samples, loader_draws_seed) if shuffle else None
+    sampler = EpochSampler(len(dataset), seed, generator, batch_size, num_samples, loader_draws_seed) if shuffle else None
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
                                        generator=generator if loader_draws_seed else None)

@@ -115,19 +115,20 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
     config.validate()
     paths = config.data.paths()
     datasets = load_datasets(paths)
-    run = RunFolder.open(config.output, "training", asdict(config), {f"dataset {k}": p for k, p in enumerate(paths)},
-                         resume=resume, overwrite=overwrite, mutable=RESUMABLE_CHANGES)
-    lightning().seed_everything(config.seed, workers=True, verbose=False)
-
-    stride = max(1, int(config.data.frame_stride))
     splits = [trajectory_split(d, config.data.validation_fraction, config.seed) for d in datasets]
-    train_sets = [d.select_trajectories(t) for d, (t, _) in zip(datasets, splits)]
-    val_sets = [d.select_trajectories(v) for d, (_, v) in zip(datasets, splits)]
     mapping, periodic = datasets[0].mapping, datasets[0].periodic
     network_config = config.model.network()
     if periodic:
         check_cutoff_fits_boxes(network_config.cutoff_nm, datasets, paths)
     temperature_reference = temperature_reference_K(config, datasets)
+    # Only now, with the data and settings checked, is the run folder created, continued or replaced.
+    run = RunFolder.open(config.output, "training", asdict(config), {f"dataset {k}": p for k, p in enumerate(paths)},
+                         resume=resume, overwrite=overwrite, mutable=RESUMABLE_CHANGES)
+    lightning().seed_everything(config.seed, workers=True, verbose=False)
+
+    stride = max(1, int(config.data.frame_stride))
+    train_sets = [d.select_trajectories(t) for d, (t, _) in zip(datasets, splits)]
+    val_sets = [d.select_trajectories(v) for d, (_, v) in zip(datasets, splits)]
 
     priors_path = run.path / "priors.json"
     if priors_path.exists():
@@ -181,10 +182,13 @@ def load_trained(run_dir, checkpoint: str = "best") -> TrainedModel:
     if checkpoint not in ("best", "last"):
         raise InputError("checkpoint must be 'best' or 'last'")
     checkpoint_path = run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-    for needed in (run_dir / "config.json", run_dir / "priors.json", checkpoint_path):
+    # Runs written before run folders had manifests saved their config as config.yaml.
+    config_path = next((p for p in (run_dir / "config.json", run_dir / "config.yaml") if p.exists()),
+                       run_dir / "config.json")
+    for needed in (config_path, run_dir / "priors.json", checkpoint_path):
         if not needed.exists():
             raise InputError(f"{run_dir} is not a finished training run: {needed.name} is missing")
-    config = load_config(run_dir / "config.json")
+    config = load_config(config_path)
     datasets = load_datasets(config.data.paths())
     periodic = datasets[0].periodic
     params = _read_priors(run_dir / "priors.json", periodic)
@@ -197,14 +201,7 @@ def load_trained(run_dir, checkpoint: str = "best") -> TrainedModel:
 
 
 def _metadata(model, config: TrainConfig, datasets, summary: dict) -> dict:
-    first = datasets[0]
-    if first.periodic:
-        # A periodic model describes the repeating molecule; the full reference mapping and one frame go beside it.
-        mapping_dict = dict(repeat_unit(first.mapping), mapping=first.mapping.to_dict())
-        extra = {"example_liquid_frame": {"positions_nm": first.positions_nm[0].tolist(),
-                                          "box_nm": first.box_vectors_nm[0].tolist()}}
-    else:
-        mapping_dict, extra = first.mapping.to_dict(), {"example_positions_nm": first.positions_nm[0].tolist()}
+    mapping_dict, extra = datasets[0].model_description()
     extra["training"] = {"config": asdict(config), "summary": summary}
     hashes = [d.data_hash() for d in datasets]
     data_hash = hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
