@@ -21,40 +21,35 @@ from openmm_cg.workflows import simulate, train
 GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_b1a5db6.json").read_text())
 
 
-def test_molecular_training_with_partial_batches_gives_the_same_model(tmp_path):
-    """Batches that do not divide the frames: torch's sampler draws once more per epoch, and so must a resume."""
+def train_toy(tmp_path, batch_size: int) -> dict:
+    """Three epochs of force matching on the three-particle toy, as b1a5db6 was run to make the golden values."""
     from test_force_matching import toy_dataset
 
-    toy_dataset(400).save(tmp_path / "toy.h5")
-    summary = train(config_from_dict({
+    dataset = toy_dataset(400)
+    assert dataset.data_hash() == GOLDEN["molecular_training"]["dataset_sha256"]
+    dataset.save(tmp_path / "toy.h5")
+    return train(config_from_dict({
         "seed": 1, "output": str(tmp_path / "train"),
         "data": {"dataset": str(tmp_path / "toy.h5"), "validation_fraction": 0.25},
         "priors": {"angles": False, "dihedrals": False, "repulsion": False},
         "model": {"cgschnet": {"n_features": 16, "n_interactions": 1, "n_rbf": 24, "cutoff_nm": 1.2,
                                "n_output_hidden": 16}},
-        "training": {"batch_size": 64, "max_epochs": 3, "learning_rate": 5e-3, "export_dtype": "float64"},
+        "training": {"batch_size": batch_size, "max_epochs": 3, "learning_rate": 5e-3, "export_dtype": "float64"},
     }), progress=False)
+
+
+def test_molecular_training_with_partial_batches_gives_the_same_model(tmp_path):
+    """Batches that do not divide the frames: torch's sampler draws once more per epoch, and so must a resume."""
     golden = GOLDEN["molecular_training_partial_batches"]
+    summary = train_toy(tmp_path, golden["batch_size"])
     assert summary["train_frames"] % golden["batch_size"] != 0
     assert summary["validation_force_rmse_kJ_per_mol_nm"] == pytest.approx(
         golden["validation_force_rmse_kJ_per_mol_nm"], rel=1e-6)
 
 
 def test_molecular_training_gives_the_same_model(tmp_path):
-    from test_force_matching import toy_dataset
-
-    dataset = toy_dataset(400)
     golden = GOLDEN["molecular_training"]
-    assert dataset.data_hash() == golden["dataset_sha256"]
-    dataset.save(tmp_path / "toy.h5")
-    summary = train(config_from_dict({
-        "seed": 1, "output": str(tmp_path / "train"),
-        "data": {"dataset": str(tmp_path / "toy.h5"), "validation_fraction": 0.25},
-        "priors": {"angles": False, "dihedrals": False, "repulsion": False},
-        "model": {"cgschnet": {"n_features": 16, "n_interactions": 1, "n_rbf": 24, "cutoff_nm": 1.2,
-                               "n_output_hidden": 16}},
-        "training": {"batch_size": 100, "max_epochs": 3, "learning_rate": 5e-3, "export_dtype": "float64"},
-    }), progress=False)
+    summary = train_toy(tmp_path, 100)
     for key in ("validation_force_rmse_kJ_per_mol_nm", "validation_force_rmse_prior_only_kJ_per_mol_nm"):
         assert summary[key] == pytest.approx(golden[key], rel=1e-6), key
     module, _ = load_exported(summary["model"])
