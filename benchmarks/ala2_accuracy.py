@@ -18,7 +18,7 @@ ROOT = HERE.parent
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "alanine_dipeptide_cgschnet.pt"))
+    parser.add_argument("--model", default=str(ROOT / "openmm_cg" / "models" / "alanine_dipeptide_cgschnet.pt"))
     parser.add_argument("--dataset", default="runs/ala2/cg_dataset.h5", help="the mapped all-atom reference")
     parser.add_argument("--replicas", type=int, default=64)
     parser.add_argument("--steps", type=int, default=80_000, help="per replica")

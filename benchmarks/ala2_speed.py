@@ -133,7 +133,7 @@ def child_main(kind: str, model: str, threads: int, seconds: float) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "alanine_dipeptide_cgschnet.pt"))
+    parser.add_argument("--model", default=str(ROOT / "openmm_cg" / "models" / "alanine_dipeptide_cgschnet.pt"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=1000)
