@@ -67,11 +67,14 @@ def toy_run(toy_dataset, tmp_path_factory):
 
 # -- crafted checkpoints: one test per place that loads a checkpoint from a user's folder -------------------
 
-def test_export_of_a_run_with_a_crafted_checkpoint_runs_no_code(toy_run, tmp_path, capsys):
-    run, _ = toy_run
-    marker = tmp_path / "pwned"
-    copy = tmp_path / "copy"
+def copy_run(run: Path, copy: Path) -> Path:
     subprocess.run(["cp", "-r", str(run), str(copy)], check=True)
+    return copy
+
+
+def test_export_of_a_run_with_a_crafted_checkpoint_runs_no_code(toy_run, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    copy = copy_run(toy_run[0], tmp_path / "copy")
     plant(copy / "checkpoints" / "best.ckpt", marker)
     assert main(["export", str(copy), "--out", str(tmp_path / "m.pt")]) == 2
     assert "not a plain training checkpoint" in capsys.readouterr().err
@@ -81,10 +84,8 @@ def test_export_of_a_run_with_a_crafted_checkpoint_runs_no_code(toy_run, tmp_pat
 def test_training_resume_from_a_crafted_checkpoint_runs_no_code(toy_dataset, toy_run, tmp_path):
     from openmm_cg.workflows import train
 
-    run, _ = toy_run
     marker = tmp_path / "pwned"
-    copy = tmp_path / "train"
-    subprocess.run(["cp", "-r", str(run), str(copy)], check=True)
+    copy = copy_run(toy_run[0], tmp_path / "train")
     plant(copy / "checkpoints" / "last.ckpt", marker)
     with pytest.raises(InputError, match="not a plain training checkpoint"):
         train(config_from_dict(toy_config(toy_dataset, copy, 3)), resume=True, progress=False)
@@ -345,9 +346,7 @@ def test_a_finished_training_run_can_be_overwritten(toy_dataset, toy_run, tmp_pa
     """--overwrite removes the model file and its sidecars with the rest of the run, then trains again."""
     from openmm_cg.workflows import train
 
-    run, _ = toy_run
-    copy = tmp_path / "train"
-    subprocess.run(["cp", "-r", str(run), str(copy)], check=True)
+    copy = copy_run(toy_run[0], tmp_path / "train")
     (copy / "my_notes.txt").write_text("keep")
     summary = train(config_from_dict(toy_config(toy_dataset, copy, 1)), overwrite=True, progress=False)
     assert summary["epochs_run"] == 1 and Path(summary["model"]).exists()
