@@ -74,7 +74,8 @@ def _simulate(args):
 
 
 def _analyze(args):
-    return workflows.analyze(args.reference, args.cg, args.out, bins=args.bins, overwrite=args.overwrite)
+    return workflows.analyze(args.reference, args.cg, args.out, bins=args.bins, overwrite=args.overwrite,
+                             skip_ps=args.skip_ps, r_max_nm=args.r_max_nm)
 
 
 def _info(args):
@@ -192,10 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_simulate)
 
-    p = command("analyze", help="Ramachandran free-energy surfaces and divergences, CG vs all-atom")
-    p.add_argument("--reference", required=True, help="the CG dataset (.h5) of the mapped reference")
+    p = command("analyze", help="Ramachandran free-energy surfaces and divergences, CG vs all-atom (molecules); "
+                "partial RDFs of every pair of bead types (periodic simulations)")
+    p.add_argument("--reference", help="the CG dataset (.h5) of the mapped reference (required for molecules, "
+                   "optional for periodic simulations)")
     p.add_argument("--cg", required=True, nargs="+", help="simulation folder(s) written by 'openmm-cg simulate'")
-    p.add_argument("--bins", type=int, default=60)
+    p.add_argument("--bins", type=int, default=None, help="bins per angle (default 60) or per RDF (default 100)")
+    p.add_argument("--skip-ps", type=float, default=0.0, help="drop each simulation's first frames (equilibration)")
+    p.add_argument("--r-max-nm", type=float, default=None,
+                   help="RDF range of periodic simulations (default: half the smallest box height)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_analyze)

@@ -1,5 +1,6 @@
 """Topologies as plain JSON (stored in HDF5 files and model metadata) and replicated for batches."""
 import json
+from typing import List
 
 from ._runtime import openmm
 from openmm import app
@@ -67,3 +68,10 @@ def bonds_array(topology: app.Topology):
     import numpy as np
 
     return np.array([[b.atom1.index, b.atom2.index] for b in topology.bonds()], dtype=np.int64).reshape(-1, 2)
+
+
+def bead_type_keys(topology) -> List[str]:
+    """The type key ``"RESNAME:BEADNAME"`` (residue name, colon, atom name) of every bead (atom), in order,
+    of an ``openmm.app.Topology`` or an mdtraj ``Topology``."""
+    atoms = topology.atoms() if callable(topology.atoms) else topology.atoms
+    return [f"{atom.residue.name}:{atom.name}" for atom in atoms]

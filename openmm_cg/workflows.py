@@ -94,11 +94,24 @@ def simulate(model, config, out, init=None, replicas: int = 1, overwrite: bool =
                           box_vectors_nm=box_vectors_nm)
 
 
-def analyze(reference_dataset, simulations: Sequence, out, bins: int = 60, overwrite: bool = False) -> dict:
-    """Ramachandran free-energy surfaces and divergences of CG simulations against the mapped reference."""
-    from .analysis.report import analyze_ramachandran
+def analyze(reference_dataset, simulations: Sequence, out, bins: Optional[int] = None, overwrite: bool = False,
+            skip_ps: float = 0.0, r_max_nm: Optional[float] = None) -> dict:
+    """Judge CG simulations. Molecules: Ramachandran free-energy surfaces and divergences against the mapped
+    reference (``reference_dataset`` required; ``bins`` per angle, default 60). Periodic simulations (frames
+    with boxes): the partial RDF of every pair of bead types (``bins`` default 100, up to ``r_max_nm``), against
+    a periodic CG reference dataset where one is given. ``skip_ps`` drops each simulation's first frames."""
+    from .analysis.report import analyze_liquid, analyze_ramachandran, simulations_are_periodic
 
-    return analyze_ramachandran(reference_dataset, simulations, out, bins=bins, overwrite=overwrite)
+    if simulations_are_periodic(simulations):
+        return analyze_liquid(simulations, out, reference_dataset, bins=100 if bins is None else bins,
+                              r_max_nm=r_max_nm, skip_ps=skip_ps, overwrite=overwrite)
+    if reference_dataset is None:
+        raise InputError("the simulations are not periodic: a Ramachandran analysis needs the mapped reference "
+                         "CG dataset (--reference cg.h5)")
+    if r_max_nm is not None:
+        raise InputError("an RDF range (--r-max-nm) applies to periodic simulations only")
+    return analyze_ramachandran(reference_dataset, simulations, out, bins=60 if bins is None else bins,
+                                overwrite=overwrite, skip_ps=skip_ps)
 
 
 def info(model, full: bool = False) -> dict:

@@ -1,8 +1,83 @@
 """Observables of CG liquids under periodic boundary conditions: RDF, diffusion, virial pressure."""
+from typing import Dict, Sequence
+
 import numpy as np
 
 from ..errors import InputError
 from ..priors.pair import RDF, max_rdf_range_nm, radial_distribution  # noqa: F401  (observables of liquids)
+
+# Frames x pairs per distance computation: the RDF is accumulated over blocks of frames this size.
+_DISTANCES_PER_BLOCK = 5_000_000
+
+
+def type_pair_key(type_a: str, type_b: str) -> str:
+    """The key of an unordered pair of bead types, ``"A-B"`` with A <= B."""
+    return "-".join(sorted((type_a, type_b)))
+
+
+def partial_rdfs(positions_nm: np.ndarray, box_vectors_nm: np.ndarray, bead_types: Sequence[str], r_max_nm: float,
+                 n_bins: int = 100) -> Dict[str, RDF]:
+    """The partial RDF g_AB(r) of every unordered pair of bead types, keyed ``type_pair_key(A, B)``.
+
+    Frames (F, N, 3) in boxes (F, 3, 3), one type key per bead (``topology.bead_type_keys``), bins on
+    [0, r_max_nm), minimum image (``r_max_nm`` at most half the smallest box height). g_AB counts the
+    N_A * N_B pairs of an A and a B bead (N_A (N_A - 1) / 2 for A = B) and is normalised by that number
+    of pairs, so g_AB -> 1 at large r in a homogeneous mixture, like and unlike pairs alike. A type with a
+    single bead has no like pair: its A-A entry is left out. Frames are taken in blocks (bounded memory);
+    the blocks' g are combined with the weights sum(1 / V) of their frames, which is the same as counting
+    all frames at once.
+    """
+    positions_nm = np.asarray(positions_nm, dtype=np.float64)
+    boxes = np.asarray(box_vectors_nm, dtype=np.float64)
+    if positions_nm.ndim != 3 or positions_nm.shape[-1] != 3 or len(positions_nm) == 0 \
+            or boxes.shape != (len(positions_nm), 3, 3):
+        raise InputError(f"partial RDFs need frames (F, N, 3) and boxes (F, 3, 3); got {positions_nm.shape} "
+                         f"and {boxes.shape}")
+    types = [str(t) for t in bead_types]
+    if len(types) != positions_nm.shape[1]:
+        raise InputError(f"{len(types)} bead types for {positions_nm.shape[1]} beads")
+    limit = max_rdf_range_nm(boxes)
+    if not 0 < r_max_nm <= limit + 1e-9:
+        raise InputError(f"RDF range {r_max_nm} nm must be positive and at most half the smallest box height "
+                         f"({limit:.4f} nm)")
+    if n_bins < 1:
+        raise InputError(f"an RDF needs at least one bin, got {n_bins}")
+    members = {name: np.flatnonzero(np.array(types) == name) for name in sorted(set(types))}
+    inverse_volumes = 1.0 / np.abs(np.linalg.det(boxes))
+    names = list(members)
+    out = {}
+    for a, type_a in enumerate(names):
+        for type_b in names[a:]:
+            i, j = members[type_a], members[type_b]
+            if type_a == type_b:
+                first, second = np.triu_indices(len(i), 1)
+                pairs = np.stack([i[first], i[second]], axis=1)
+            else:
+                pairs = np.stack(np.meshgrid(i, j, indexing="ij"), axis=-1).reshape(-1, 2)
+            if len(pairs) == 0:
+                continue
+            block = max(1, _DISTANCES_PER_BLOCK // len(pairs))
+            g, weight = 0.0, 0.0
+            for start in range(0, len(positions_nm), block):
+                frames = slice(start, start + block)
+                part = radial_distribution(positions_nm[frames], boxes[frames], r_max_nm, n_bins, pairs=pairs)
+                g = g + part.g * inverse_volumes[frames].sum()
+                weight += inverse_volumes[frames].sum()
+            out[type_pair_key(type_a, type_b)] = RDF(part.r_nm, g / weight, len(positions_nm))
+    return out
+
+
+def first_peak(rdf: RDF):
+    """(r_nm, g) of the first peak: the highest bin of the first run of bins with g > 1 (the first shell of
+    neighbours), or of the whole RDF where g never exceeds 1."""
+    above = np.asarray(rdf.g) > 1.0
+    if not above.any():
+        k = int(np.argmax(rdf.g))
+    else:
+        start = int(np.argmax(above))
+        stop = start + (int(np.argmin(above[start:])) if not above[start:].all() else len(above) - start)
+        k = start + int(np.argmax(rdf.g[start:stop]))
+    return float(rdf.r_nm[k]), float(rdf.g[k])
 
 
 def rdf_error(reference: RDF, model: RDF) -> float:

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 POTENTIAL = "openmm-cg potential"
-FORMAT_VERSION = 1
+# The newest model file format this version reads and writes: 1 for models of one molecule or liquid, 2 for
+# typed-bead (transferable) models and the potentials bound from them.
+FORMAT_VERSION = 2
 UNITS = {"positions": "nm", "energy": "kJ/mol", "forces": "kJ/mol/nm", "time": "ps", "mass": "amu",
          "temperature": "K"}
 ENTRY_POINT_GROUP = "openmm_cg.model_kinds"
@@ -32,14 +34,18 @@ BUILT_IN = {
     "tabulated-pair": "openmm_cg.nn.tabulated:TABULATED_PAIR",
     "dynamics": "openmm_cg.dynamics.model:DYNAMICS",
     "score": "openmm_cg.dynamics.model:SCORE",
+    "typed": "openmm_cg.nn.typed:TYPED",
+    "bound": "openmm_cg.nn.typed:BOUND",
 }
 
 
 class ModelKind:
-    """``name`` (the ``model_kind`` of a file), ``file_kind`` (its ``kind``: what loads it), and ``build``."""
+    """``name`` (the ``model_kind`` of a file), ``file_kind`` (its ``kind``: what loads it), the format version
+    its files need, and ``build``."""
 
     name = ""
     file_kind = POTENTIAL
+    format_version = 1
     periodic = False
 
     def build(self, metadata: dict) -> nn.Module:
@@ -112,25 +118,19 @@ def kind_of(metadata: dict) -> ModelKind:
     return kind
 
 
-def potential_metadata(module: nn.Module, mapping_dict: dict, temperatures_K, data_hash: str,
-                       extra: Optional[dict] = None) -> dict:
-    """Everything a potential file says about itself: the module's own description, the molecule it
-    describes (``mapping_dict``: bead names, types, masses, CG topology, the mapping), its training data
-    and the versions that made it."""
+def file_metadata(module: nn.Module, temperatures_K, data_hash: str, extra: Optional[dict] = None,
+                  subject: Optional[dict] = None) -> dict:
+    """What every potential file says about itself: its format, units, what it describes (``subject``), the
+    module's own description (which takes precedence), its training data and the versions that made it."""
     import openmm
 
     from .._version import __version__
 
+    description = module.describe()
     metadata = {
-        "format_version": FORMAT_VERSION,
+        "format_version": get_kind(description["model_kind"]).format_version,
         "kind": POTENTIAL,
         "units": UNITS,
-        "bead_names": mapping_dict["bead_names"],
-        "bead_types": mapping_dict["bead_types"],
-        "type_names": mapping_dict["type_names"],
-        "masses_amu": mapping_dict["masses_amu"],
-        "cg_topology": mapping_dict["cg_topology"],
-        "mapping": mapping_dict,
         "temperatures_K": [float(t) for t in temperatures_K],
         "training_data_sha256": data_hash,
         "openmm_cg_version": __version__,
@@ -138,7 +138,23 @@ def potential_metadata(module: nn.Module, mapping_dict: dict, temperatures_K, da
         "openmm_version": openmm.__version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    metadata.update(module.describe())
+    metadata.update(subject or {})
+    metadata.update(description)
     if extra:
         metadata.update(extra)
     return metadata
+
+
+def potential_metadata(module: nn.Module, mapping_dict: dict, temperatures_K, data_hash: str,
+                       extra: Optional[dict] = None) -> dict:
+    """``file_metadata`` of a potential of one molecule (or liquid of it), plus the molecule it describes
+    (``mapping_dict``: bead names, types, masses, CG topology, the mapping)."""
+    molecule = {
+        "bead_names": mapping_dict["bead_names"],
+        "bead_types": mapping_dict["bead_types"],
+        "type_names": mapping_dict["type_names"],
+        "masses_amu": mapping_dict["masses_amu"],
+        "cg_topology": mapping_dict["cg_topology"],
+        "mapping": mapping_dict,
+    }
+    return file_metadata(module, temperatures_K, data_hash, extra, molecule)

@@ -78,19 +78,22 @@ def fit_fourier(samples: np.ndarray, kT: float, n_terms: int, bins: int = 72):
     return np.hypot(a, b), np.arctan2(b, a)
 
 
-def fit_repulsion(samples: np.ndarray, kT: float, wall_quantiles=(0.001, 0.05), bins: int = 40) -> float:
-    """c of c / r^6 fitted (with an offset) to the Boltzmann-inverted wall: the closest 5% of distances.
+def fit_repulsion(samples: np.ndarray, kT: float, wall_quantiles=(0.001, 0.05), bins: int = 40,
+                  switch=None) -> float:
+    """c of c / r^6 (times ``switch(r)``, when given) fitted (with an offset) to the Boltzmann-inverted wall: the
+    closest 5% of distances.
 
-    Falls back to c = kT * r_min^6 (one kT at the closest observed distance) when no wall is resolved.
+    Falls back to one kT at the closest observed distance when no wall is resolved.
     """
+    shape = (lambda r: r ** -6.0) if switch is None else (lambda r: r ** -6.0 * switch(r))
     low, high = np.quantile(samples, wall_quantiles)
     wall = samples[(samples >= low) & (samples <= high)]
     r, energy, counts = _boltzmann_inverted(wall, lambda c: c ** 2, kT, bins)
     if len(r) >= 4:
-        c, _ = _weighted_lstsq(np.stack([r ** -6.0, np.ones_like(r)], axis=1), energy, counts)
+        c, _ = _weighted_lstsq(np.stack([shape(r), np.ones_like(r)], axis=1), energy, counts)
         if c > 0:
             return float(c)
-    return float(kT * low ** 6)
+    return float(kT * low ** 6) if switch is None else float(kT / shape(np.array([low]))[0])
 
 
 def fit_priors(positions_nm: np.ndarray, bonds: np.ndarray, temperature_K: float, n_dihedral_terms: int = 3,
@@ -136,6 +139,6 @@ def _float32_exact(params: PriorParameters) -> PriorParameters:
     """Round every parameter to float32 once, so that the model's float32 buffers, the metadata JSON and
     native OpenMM forces built from it all hold exactly the same numbers."""
     for name, value in params.__dict__.items():
-        if value.dtype.kind == "f":
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
             setattr(params, name, value.astype(np.float32).astype(np.float64))
     return params

@@ -66,3 +66,38 @@ def dihedrals_per_central_bond(quads: np.ndarray) -> np.ndarray:
     """For each quad (i, j, k, l), how many quads share its central bond {j, k}."""
     central = [tuple(sorted(q[1:3])) for q in np.asarray(quads).reshape(-1, 4).tolist()]
     return np.array([central.count(bond) for bond in central], dtype=np.int64)
+
+
+def molecule_index(n_beads: int, bonds: np.ndarray) -> np.ndarray:
+    """(n_beads,) index of each bead's molecule: the connected components of the bond graph, numbered in the
+    order of their first bead."""
+    parent = np.arange(n_beads)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in np.asarray(bonds).reshape(-1, 2):
+        a, b = root(int(i)), root(int(j))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    roots = np.array([root(i) for i in range(n_beads)], dtype=np.int64)
+    return np.unique(roots, return_inverse=True)[1].astype(np.int64)
+
+
+def close_pairs(n_beads: int, bonds: np.ndarray, max_bonds: int) -> np.ndarray:
+    """Pairs i<j joined by a path of at most ``max_bonds`` bonds: the exclusions of a non-bonded term.
+
+    A breadth-first walk of ``max_bonds`` steps from every bead, so the cost grows with the number of beads
+    (not its square, as ``graph_distances`` does), for systems of any size."""
+    neighbors = _neighbors(n_beads, bonds)
+    found = set()
+    for start in range(n_beads):
+        frontier, seen = {start}, {start}
+        for _ in range(max_bonds):
+            frontier = {k for bead in frontier for k in neighbors[bead]} - seen
+            seen |= frontier
+        found.update((start, k) for k in seen if k > start)
+    return np.array(sorted(found), dtype=np.int64).reshape(-1, 2)

@@ -88,10 +88,13 @@ def max_rdf_range_nm(box_vectors_nm: np.ndarray) -> float:
 
 
 def radial_distribution(positions_nm: np.ndarray, box_vectors_nm: np.ndarray, r_max_nm: float,
-                        n_bins: int = 100, bead_stride: int = 1) -> RDF:
+                        n_bins: int = 100, bead_stride: int = 1, pairs: np.ndarray = None) -> RDF:
     """g(r) of all bead pairs, frames (F, N, 3) in boxes (F, 3, 3), on [0, r_max_nm).
 
     Minimum-image distances (mdtraj); ``r_max_nm`` may not exceed half the smallest box height.
+    ``pairs`` (P, 2), when given, are the (distinct, unordered, i != j) bead pairs to count instead of
+    all of them: g is normalised by their number, P * sum_frames(1 / V) * shell volume, so that it
+    tends to 1 at large r for uncorrelated beads whatever the pairs are (like or unlike types).
     """
     import mdtraj
 
@@ -109,8 +112,12 @@ def radial_distribution(positions_nm: np.ndarray, box_vectors_nm: np.ndarray, r_
         topology.add_atom("B", mdtraj.element.virtual, residue)
     trajectory = mdtraj.Trajectory(positions_nm, topology)
     trajectory.unitcell_vectors = boxes
-    beads = np.arange(0, n_beads, bead_stride)
-    pairs = np.array([(i, j) for k, i in enumerate(beads) for j in beads[k + 1:]], dtype=np.int64)
+    if pairs is None:
+        beads = np.arange(0, n_beads, bead_stride)
+        pairs = np.array([(i, j) for k, i in enumerate(beads) for j in beads[k + 1:]], dtype=np.int64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if len(pairs) == 0 or pairs.min() < 0 or pairs.max() >= n_beads or (pairs[:, 0] == pairs[:, 1]).any():
+        raise InputError(f"an RDF needs at least one pair of two different beads among {n_beads}")
     r, g = mdtraj.compute_rdf(trajectory, pairs, r_range=(0.0, r_max_nm), n_bins=n_bins)
     return RDF(np.asarray(r, dtype=np.float64), np.asarray(g, dtype=np.float64), len(positions_nm))
 

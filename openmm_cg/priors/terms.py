@@ -5,6 +5,8 @@ Forms (energies in kJ/mol, lengths in nm, angles in radians):
   angle      E = 1/2 k (theta - theta0)^2          (OpenMM HarmonicAngleForce)
   dihedral   E = sum_n k_n (1 + cos(n phi - d_n))  (OpenMM PeriodicTorsionForce)
   repulsion  E = c / r^6                           (OpenMM CustomBondForce)
+             or, with ``repulsion_cutoff_nm`` set (typed models, whose repulsion runs on a neighbor list),
+             E = c / r^6 * S(r / cutoff) with the network's switch S (value, slope, curvature vanish at the cutoff)
 """
 from dataclasses import dataclass, field
 from typing import List
@@ -12,7 +14,7 @@ from typing import List
 import numpy as np
 import torch
 
-from ..geometry import angles, dihedrals, distances
+from ..geometry import SmoothCutoff, angles, dihedrals, distances
 
 PRIOR_FORMS = {
     "bond": "0.5*k*(r-r0)^2",
@@ -20,6 +22,9 @@ PRIOR_FORMS = {
     "dihedral": "sum_n k_n*(1+cos(n*phi-phase_n))",
     "repulsion": "c/r^6",
 }
+SWITCHED_REPULSION_FORM = "c/r^6*S(r/cutoff), S(x)=1-10x^3+15x^4-6x^5 (x<1), 0 (x>=1)"
+# The same switch in OpenMM's expression syntax (CustomBondForce, CustomNonbondedForce).
+OPENMM_SWITCHED_REPULSION = "c/r^6*select(step(x-1), 0, 1-x^3*(10-15*x+6*x^2)); x=r/rc"
 
 
 @dataclass
@@ -37,15 +42,23 @@ class PriorParameters:
     dihedral_phase: np.ndarray = field(default_factory=lambda: np.zeros((0, 1)))
     repulsion_pairs: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     repulsion_c: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    repulsion_cutoff_nm: float = 0.0  # 0: plain c/r^6; else switched off at this distance
 
     def to_dict(self) -> dict:
-        return {name: np.asarray(value).tolist() for name, value in self.__dict__.items()} | {"forms": PRIOR_FORMS}
+        data = {name: np.asarray(value).tolist() for name, value in self.__dict__.items()
+                if name != "repulsion_cutoff_nm"}
+        if self.repulsion_cutoff_nm > 0:
+            data["repulsion_cutoff_nm"] = float(self.repulsion_cutoff_nm)
+        return data | {"forms": PRIOR_FORMS}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PriorParameters":
         shapes = {"bond_pairs": (-1, 2), "angle_triples": (-1, 3), "dihedral_quads": (-1, 4), "repulsion_pairs": (-1, 2)}
         values = {}
         for name in cls.__dataclass_fields__:
+            if name == "repulsion_cutoff_nm":
+                values[name] = float(data.get(name, 0.0))
+                continue
             array = np.asarray(data[name], dtype=np.int64 if name in shapes else np.float64)
             if name in shapes:
                 array = array.reshape(shapes[name])
@@ -76,6 +89,8 @@ class PriorEnergy(torch.nn.Module):
         self.register_buffer("dihedral_n", torch.arange(1, n_terms + 1, dtype=torch.float32))
         self.register_buffer("repulsion_pairs", torch.as_tensor(params.repulsion_pairs, dtype=torch.long).reshape(-1, 2))
         self.register_buffer("repulsion_c", torch.as_tensor(params.repulsion_c, dtype=torch.float32))
+        self.switched = params.repulsion_cutoff_nm > 0
+        self.switch = SmoothCutoff(params.repulsion_cutoff_nm if self.switched else 1.0)
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         energy = torch.zeros(positions.shape[0], dtype=positions.dtype, device=positions.device)
@@ -91,7 +106,10 @@ class PriorEnergy(torch.nn.Module):
             energy = energy + terms.sum(-1).sum(-1)
         if self.repulsion_pairs.shape[0] > 0:
             r = distances(positions, self.repulsion_pairs)
-            energy = energy + (self.repulsion_c / r ** 6).sum(-1)
+            pair_energy = self.repulsion_c / r ** 6
+            if self.switched:
+                pair_energy = pair_energy * self.switch(r)
+            energy = energy + pair_energy.sum(-1)
         return energy
 
 
@@ -102,8 +120,11 @@ def openmm_prior_forces(params: PriorParameters, n_beads: int, n_replicas: int) 
     bonds = openmm.HarmonicBondForce()
     angle_force = openmm.HarmonicAngleForce()
     torsions = openmm.PeriodicTorsionForce()
-    repulsion = openmm.CustomBondForce("c/r^6")
+    switched = params.repulsion_cutoff_nm > 0
+    repulsion = openmm.CustomBondForce(OPENMM_SWITCHED_REPULSION if switched else "c/r^6")
     repulsion.addPerBondParameter("c")
+    if switched:
+        repulsion.addGlobalParameter("rc", float(params.repulsion_cutoff_nm))
     for replica in range(n_replicas):
         offset = replica * n_beads
         for (i, j), k, r0 in zip(params.bond_pairs, params.bond_k, params.bond_r0_nm):

@@ -2,6 +2,10 @@
 
     pot = CGPotential.load("alanine_dipeptide_cgschnet")   # a shipped model's name, or a path to a .pt
     system = pot.createSystem(pot.topology(n_replicas=10))
+
+A typed (transferable) model binds to any topology made of its bead types: ``createSystem(topology)`` binds
+it on the way, and ``pot.bind(topology).save("system.pt")`` writes the bound potential as a file that a bare
+``openmmtorch.TorchForce`` runs.
 """
 import json
 from pathlib import Path
@@ -14,10 +18,12 @@ from .._runtime import openmm, openmmtorch
 from openmm import app
 
 from ..errors import ModelFileError
-from ..export import load_eager, load_exported
+from ..export import DTYPES, load_eager, load_exported, save_model
+from ..nn.kinds import file_metadata, kind_of
 from ..nn.periodic import TEMPERATURE_PARAMETER
 from ..priors.terms import PriorParameters, openmm_prior_forces
-from ..topology import replicate_topology, topology_from_dict
+from ..priors.typed import TypedPriors, openmm_typed_prior_forces
+from ..topology import bead_type_keys, replicate_topology, topology_from_dict, topology_to_dict
 
 # Shipped models are package data: the catalog lists each one with its model card.
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -50,17 +56,22 @@ class _NetworkOnly(torch.nn.Module):
         self.potential = potential
         self.n_beads = n_beads
 
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, box: Optional[torch.Tensor] = None) -> torch.Tensor:
         batch = positions.reshape(positions.shape[0] // self.n_beads, self.n_beads, 3)
         x = batch.to(self.potential.dtype_probe.dtype)
-        return self.potential.network_energy(x).sum().to(positions.dtype)
+        boxes: Optional[torch.Tensor] = None
+        if box is not None:
+            boxes = box.unsqueeze(0).to(x.dtype)
+        return self.potential.network_energy(x, boxes, None).sum().to(positions.dtype)
 
 
 class CGPotential:
-    def __init__(self, path: Path, module: torch.jit.ScriptModule, metadata: dict):
+    def __init__(self, path: Path, module: torch.jit.ScriptModule, metadata: dict,
+                 eager: Optional[torch.nn.Module] = None):
         self.path = Path(path)
         self.module = module
         self.metadata = metadata
+        self._eager = eager  # a potential bound in memory: its eager module, for saving and the PythonForce
 
     @classmethod
     def load(cls, name_or_path) -> "CGPotential":
@@ -74,8 +85,38 @@ class CGPotential:
         return cls(path, module, metadata)
 
     @property
+    def kind(self) -> str:
+        return kind_of(self.metadata).name
+
+    @property
     def n_beads(self) -> int:
+        if self.kind == "typed":
+            raise ModelFileError(f"{self.path.name} is a typed model: it has as many beads as the topology it is "
+                                 "bound to")
         return int(self.metadata["n_beads"])
+
+    def bind(self, topology: app.Topology, intermolecular: bool = True) -> "CGPotential":
+        """This typed model as the potential of ``topology`` (periodic when the topology has box vectors): every
+        pair within the cutoff interacts, or only pairs within one molecule with ``intermolecular=False``.
+        ``.save(path)`` writes it; ``.createSystem(topology)`` makes its System."""
+        if self.kind != "typed":
+            raise ModelFileError(f"{self.path.name} is a {self.kind} model, bound to its own molecule; only typed "
+                                 "(format 2) models bind to other topologies")
+        dtype = DTYPES[self.metadata.get("dtype", "float32")]
+        typed = kind_of(self.metadata).build(self.metadata).to(dtype)
+        typed.load_state_dict(self.module.state_dict())
+        bound = typed.bind(topology_to_dict(topology), topology.getPeriodicBoxVectors() is not None, intermolecular)
+        source = {"file": self.path.name, "weights_sha256": self.metadata.get("integrity", {}).get("weights_sha256")}
+        metadata = file_metadata(bound, self.metadata["temperatures_K"], self.metadata["training_data_sha256"],
+                                 {"bound_from": source, "dtype": self.metadata.get("dtype", "float32")})
+        return CGPotential(self.path, torch.jit.script(bound), metadata, eager=bound)
+
+    def save(self, path, overwrite: bool = False) -> Path:
+        """Write a bound potential as a model file (its own TorchScript, metadata and weights)."""
+        if self._eager is None:
+            raise ModelFileError(f"{self.path.name} is already a file; save() writes potentials bound in memory "
+                                 "(CGPotential.load(typed_model).bind(topology).save(path))")
+        return save_model(self._eager, self.metadata, path, self.metadata.get("dtype", "float32"), overwrite)
 
     @property
     def periodic(self) -> bool:
@@ -114,6 +155,9 @@ class CGPotential:
         return np.tile(np.asarray(self.metadata["example_positions_nm"], dtype=np.float64), (n_replicas, 1))
 
     def n_replicas_of(self, topology: app.Topology) -> int:
+        if self.kind == "bound":
+            self._check_bound_topology(topology)
+            return 1
         n_atoms = topology.getNumAtoms()
         if n_atoms == 0 or n_atoms % self.n_beads != 0:
             raise ModelFileError(f"the topology has {n_atoms} particles, not a multiple of the model's "
@@ -127,9 +171,24 @@ class CGPotential:
                                      f"{expected} in this order")
         return n_atoms // self.n_beads
 
+    def _check_bound_topology(self, topology: app.Topology) -> None:
+        bound = topology_from_dict(self.metadata["cg_topology"])
+        ours, theirs = bead_type_keys(bound), bead_type_keys(topology)
+        bonds = sorted(map(sorted, self.metadata["cg_topology"]["bonds"]))
+        their_bonds = sorted(sorted([b.atom1.index, b.atom2.index]) for b in topology.bonds())
+        periodic = topology.getPeriodicBoxVectors() is not None
+        if ours != theirs or bonds != their_bonds or periodic != self.periodic:
+            what = ("bead types" if ours != theirs else "bonds" if bonds != their_bonds else "periodicity")
+            raise ModelFileError(f"{self.path.name} was bound to a different topology ({len(ours)} beads, "
+                                 f"{len(bonds)} bonds, {'periodic' if self.periodic else 'no box'}); this one has "
+                                 f"{len(theirs)} beads, {len(their_bonds)} bonds, "
+                                 f"{'periodic' if periodic else 'no box'} and differs in its {what}: bind the typed "
+                                 "model to this topology instead")
+
     def createSystem(self, topology: app.Topology, backend: str = "torchforce",
                      priors_as_openmm_forces: bool = False, compile: bool = False,
-                     torch_device: Optional[str] = None, temperature_K: Optional[float] = None) -> openmm.System:
+                     torch_device: Optional[str] = None, temperature_K: Optional[float] = None,
+                     intermolecular: bool = True) -> openmm.System:
         """A System with bead masses and the potential for every replica in ``topology``.
 
         backend "torchforce": openmm-torch's TorchForce (C++, no Python per step). "pythonforce":
@@ -137,7 +196,11 @@ class CGPotential:
         ``priors_as_openmm_forces``: priors become HarmonicBond/HarmonicAngle/PeriodicTorsion/CustomBond
         forces and only the network stays in torch; this also declares the molecule's bonds to OpenMM.
         ``temperature_K``: required by temperature-aware models (the thermostat's temperature), ignored otherwise.
+        A typed model is bound to ``topology`` first (``bind``; ``intermolecular`` is passed on).
         """
+        if self.kind == "typed":
+            return self.bind(topology, intermolecular).createSystem(topology, backend, priors_as_openmm_forces,
+                                                                    compile, torch_device, temperature_K)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {tuple(BACKENDS)}")
         if self.temperature_aware and temperature_K is None:
@@ -154,19 +217,27 @@ class CGPotential:
                 raise ModelFileError(f"{self.path.name} is a periodic model: the topology needs periodic box vectors "
                                      "(topology.setPeriodicBoxVectors)")
             system.setDefaultPeriodicBoxVectors(*box)
-            if priors_as_openmm_forces:
-                raise ValueError("priors_as_openmm_forces is for molecular models; a periodic model's pair prior "
-                                 "stays inside the TorchScript module")
+            if priors_as_openmm_forces and self.kind != "bound":
+                raise ValueError("priors_as_openmm_forces is for molecular and typed models; a periodic model's pair "
+                                 "prior stays inside the TorchScript module")
             if topology.getNumBonds():
                 system.addForce(_declared_bonds(topology))
         if priors_as_openmm_forces:
-            params = PriorParameters.from_dict(self.metadata["priors"])
-            for force in openmm_prior_forces(params, self.n_beads, n_replicas):
+            for force in self._prior_forces(n_replicas):
                 system.addForce(force)
         force = BACKENDS[backend](self, priors_as_openmm_forces, compile, torch_device, temperature_K)
         force.setUsesPeriodicBoundaryConditions(self.periodic)
         system.addForce(force)
         return system
+
+    def _prior_forces(self, n_replicas: int) -> list:
+        if self.kind == "bound":
+            typed = self.metadata["typed_model"]
+            topology = topology_from_dict(self.metadata["cg_topology"])
+            return openmm_typed_prior_forces(TypedPriors.from_dict(typed["typed_priors"]), typed["type_names"],
+                                             bead_type_keys(topology), np.asarray(self.metadata["cg_topology"]["bonds"]),
+                                             self.periodic)
+        return openmm_prior_forces(PriorParameters.from_dict(self.metadata["priors"]), self.n_beads, n_replicas)
 
     def _torch_force(self, network_only: bool, compile: bool, torch_device: Optional[str],
                      temperature_K: Optional[float]):
@@ -180,7 +251,7 @@ class CGPotential:
                       temperature_K: Optional[float]):
         from openmm import unit
 
-        eager, _ = load_eager(self.path)
+        eager = self._eager if self._eager is not None else load_eager(self.path)[0]
         device = torch.device(torch_device or ("cuda" if torch.cuda.is_available() else "cpu"))
         eager = eager.to(device)
         n_beads = self.n_beads

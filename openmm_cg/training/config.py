@@ -20,6 +20,8 @@ class DataConfig:
     # Validation uses every n-th of those frames: neighbouring frames are correlated, so a sparser
     # validation set costs less (each epoch, and at a time-capped stop) and tells nearly as much.
     validation_frame_stride: int = 1
+    # Typed models: molecules (dataset file names without .h5) kept out of training and validation, judged at the end.
+    held_out_molecules: List[str] = field(default_factory=list)
 
     def paths(self) -> List[str]:
         return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
@@ -44,6 +46,8 @@ class ModelConfig:
     # Liquids trained on several temperatures: the model takes T as an input (an OpenMM global
     # parameter), E = E_0 + (T/T_ref - 1) E_1 with T_ref the mean training temperature.
     temperature_input: bool = False
+    # One transferable model over bead types for every molecule of the dataset list (model format 2).
+    typed: bool = False
     cgschnet: SchNetConfig = field(default_factory=SchNetConfig)
     hipnnts: HipNNTSConfig = field(default_factory=HipNNTSConfig)
 
@@ -84,6 +88,10 @@ class TrainConfig:
                              f"(available: {', '.join(ARCHITECTURES)})")
         if not 0.0 < self.data.validation_fraction < 1.0:
             raise InputError("training config: data.validation_fraction must be between 0 and 1")
+        if self.model.typed and self.model.temperature_input:
+            raise InputError("training config: model.typed and model.temperature_input cannot be combined")
+        if self.data.held_out_molecules and not self.model.typed:
+            raise InputError("training config: data.held_out_molecules is for typed models (model.typed: true)")
         if self.training.export_dtype not in ("float32", "float64"):
             raise InputError("training config: training.export_dtype must be float32 or float64")
 

@@ -59,15 +59,19 @@ def prior_forces(params: PriorParameters, positions_nm: np.ndarray, chunk: int =
 
 
 class ForceMatching(lightning().LightningModule):
-    """Trains ``model.network`` on delta forces: loss = mean over beads and components of squared error."""
+    """Trains ``model.network`` on delta forces: loss = mean over beads and components of squared error, or
+    ``loss(model, batch, create_graph)`` (batches of several molecules, ``molecules.graph_loss``)."""
 
     def __init__(self, model: CGPotentialModule, learning_rate: float, weight_decay: float, lr_factor: float,
-                 lr_patience: int, min_learning_rate: float):
+                 lr_patience: int, min_learning_rate: float, loss=None):
         super().__init__()
         self.model = model
-        self.save_hyperparameters(ignore=["model"])
+        self.loss = loss
+        self.save_hyperparameters(ignore=["model", "loss"])
 
     def _loss(self, batch):
+        if self.loss is not None:
+            return self.loss(self.model, batch, self.training)
         positions, *extras, delta_forces = batch  # periodic data: boxes, then temperatures if the model takes T
         with torch.enable_grad():
             positions = positions.requires_grad_(True)
@@ -113,6 +117,10 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
     """Fit priors and train the network in the run folder ``config.output``; returns the trained model in memory
     (its summary is also written to ``summary.json``)."""
     config.validate()
+    if config.model.typed:
+        from .molecules import train_typed
+
+        return train_typed(config, resume, overwrite, progress)
     paths = config.data.paths()
     datasets = load_datasets(paths)
     splits = [trajectory_split(d, config.data.validation_fraction, config.seed) for d in datasets]
@@ -189,6 +197,10 @@ def load_trained(run_dir, checkpoint: str = "best") -> TrainedModel:
         if not needed.exists():
             raise InputError(f"{run_dir} is not a finished training run: {needed.name} is missing")
     config = load_config(config_path)
+    if config.model.typed:
+        from .molecules import load_trained_typed
+
+        return load_trained_typed(run_dir, config, checkpoint_path)
     datasets = load_datasets(config.data.paths())
     periodic = datasets[0].periodic
     params = _read_priors(run_dir / "priors.json", periodic)
@@ -214,7 +226,8 @@ def load_datasets(paths) -> list:
     first = datasets[0]
     for path, dataset in zip(paths[1:], datasets[1:]):
         if dataset.mapping.bead_types != first.mapping.bead_types or dataset.mapping.bead_names != first.mapping.bead_names:
-            raise InputError(f"{path} was mapped differently from {paths[0]}: one model is trained on one mapping")
+            raise InputError(f"{path} was mapped differently from {paths[0]}: one model is trained on one mapping "
+                             "(a model of several molecules is a typed model: set model.typed: true)")
         if dataset.periodic != first.periodic:
             raise InputError(f"{path} and {paths[0]}: periodic and non-periodic data cannot be trained together")
     return datasets
