@@ -119,8 +119,15 @@ def info(model, full: bool = False) -> dict:
     from .export import read_metadata
 
     metadata = read_metadata(model)
+    typed = metadata.get("typed_model", metadata) if metadata.get("model_kind") in ("typed", "bound") else None
     if not full:
-        metadata = {k: v for k, v in metadata.items() if k not in ("mapping", "cg_topology", "priors", "training")}
+        metadata = {k: v for k, v in metadata.items() if k not in ("mapping", "cg_topology", "priors", "training",
+                                                                   "typed_priors", "typed_model", "molecules")}
+    if typed is not None:  # a transferable model: what it can bind to
+        from .priors.typed import TypedPriors
+
+        metadata["bead_type_masses_amu"] = dict(zip(typed["type_names"], typed["type_masses_amu"]))
+        metadata["prior_term_classes"] = TypedPriors.from_dict(typed["typed_priors"]).classes()
     return metadata
 
 

@@ -1,5 +1,6 @@
 """Every example and the demo run end to end (with small budgets here)."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,17 @@ def test_demo_small_budget(tmp_path):
         assert (tmp_path / "report" / name).exists(), name
     assert report["ramachandran"]["frames"]["cg"] == 2 * 500 // 250
     assert set(report["stage_seconds"]) == {"reference", "mapping", "training", "simulation", "analysis"}
+
+
+def test_one_model_many_molecules_example(tmp_path):
+    from typed_models import save_typed, toy_typed_module
+
+    model = save_typed(toy_typed_module(), tmp_path / "typed.pt", dtype="float32")
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "one_model_many_molecules.py"), str(model),
+                             "--molecule", "MOL:A,MOL:B,MOL:C,MOL:A,MOL:B", "--molecule", "MOL:C,MOL:C,MOL:B",
+                             "--steps", "200", "--out", str(tmp_path / "system.pt")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    total, summed = re.search(r"System energy (\S+) kJ/mol; molecules alone .* = (\S+) kJ/mol", result.stdout).groups()
+    assert abs(float(total) - float(summed)) <= 1e-4 * abs(float(summed))
+    assert (tmp_path / "system.pt").exists()

@@ -208,3 +208,58 @@ def test_version_1_model_still_loads_and_runs():
         pot.bind(pot.topology())
     e, _ = _openmm_energy_forces(pot.createSystem(pot.topology(2)), pot.example_positions(2), "CPU")
     assert np.isfinite(e)
+
+
+def test_periodic_binary_mixture_runs_nvt_and_npt_and_gives_partial_rdfs(tmp_path):
+    import csv
+
+    from openmm_cg import workflows
+    from openmm_cg.simulation.run import SimulationConfig, run_simulation
+    from typed_models import mixture_module, mixture_topology
+
+    n_side, box_nm = 6, 2.8
+    grid = np.stack(np.meshgrid(*[np.arange(n_side)] * 3, indexing="ij"), -1).reshape(-1, 3) * box_nm / n_side
+    pot = CGPotential.load(save_typed(mixture_module(), tmp_path / "mixture.pt"))
+    bound = pot.bind(mixture_topology(n_side, box_nm))
+    assert bound.periodic and bound.metadata["masses_amu"][:2] == [40.0, 60.0]
+    path = bound.save(tmp_path / "mixture_system.pt")
+    # the bound periodic file has the energy of the eager module (box passed by TorchForce)
+    box = np.eye(3) * box_nm
+    x = torch.tensor(grid + 0.05 * np.random.default_rng(0).normal(size=grid.shape), requires_grad=True)
+    e_ref = float(bound._eager.double()(x, torch.tensor(box)).detach())
+    system = CGPotential.load(path).createSystem(mixture_topology(n_side, box_nm))
+    context = Context(system, VerletIntegrator(0.001), Platform.getPlatformByName("Reference"))
+    context.setPositions(x.detach().numpy())
+    assert abs(context.getState(getEnergy=True).getPotentialEnergy()._value - e_ref) <= 1e-4 * abs(e_ref)
+    potential = CGPotential.load(path)
+    for name, pressure in (("nvt", None), ("npt", 2000.0)):
+        config = SimulationConfig(n_steps=1500, timestep_ps=0.004, temperature_K=300.0, friction_per_ps=5.0,
+                                  report_interval=25, checkpoint_interval=1500, pressure_bar=pressure,
+                                  platform="CPU", threads=1)
+        run_simulation(potential, grid, config, tmp_path / name, progress=False, box_vectors_nm=box)
+        with open(tmp_path / name / "log.csv") as handle:
+            rows = list(csv.DictReader(handle))[20:]  # after the first 500 steps
+        temperatures = [float(r["temperature_K"]) for r in rows]
+        volumes = [float(r["box_volume_nm3"]) for r in rows]
+        assert abs(np.mean(temperatures) - 300.0) < 15.0, name  # 216 beads: the mean of 40 reports within 5%
+        if pressure is None:
+            assert np.ptp(volumes) == 0.0
+        else:
+            assert np.ptp(volumes) > 0.0 and 0.5 < np.mean(volumes) / box_nm ** 3 < 2.0
+    metrics = workflows.analyze(None, [tmp_path / "nvt"], tmp_path / "rdf")
+    assert set(metrics["pairs"]) == {"MXA:A-MXA:A", "MXA:A-MXB:B", "MXB:B-MXB:B"}
+    assert (tmp_path / "rdf" / "rdf.png").exists()
+
+
+def test_info_lists_bead_types_and_prior_term_classes(typed_path, capsys):
+    import json as json_module
+
+    from openmm_cg.cli import main
+
+    assert main(["info", str(typed_path)]) == 0
+    info = json_module.loads(capsys.readouterr().out)
+    assert info["format_version"] == 2 and info["model_kind"] == "typed"
+    assert info["bead_type_masses_amu"] == {"MOL:A": 12.0, "MOL:B": 14.0, "MOL:C": 16.0}
+    classes = info["prior_term_classes"]
+    assert "MOL:A-MOL:B" in classes["bond"] and "MOL:A-MOL:B-MOL:C" in classes["angle"]
+    assert len(classes["repulsion"]) == 6 and "typed_priors" not in info

@@ -42,7 +42,7 @@ def _system(sequence: str, nonbonded_only: bool = False) -> openmm.System:
         for i in range(len(sequence) - 1):
             bonds.addBond(i, i + 1, 0.38, 2000.0)
         system.addForce(bonds)
-    pair = openmm.CustomNonbondedForce("2*(0.35/r)^12 + well(t1, t2)*exp(-(r-0.55)^2/(2*0.08^2))")
+    pair = openmm.CustomNonbondedForce("well(t1, t2)*exp(-(r-0.5)^2/(2*0.2^2))")
     pair.addTabulatedFunction("well", openmm.Discrete2DFunction(3, 3, WELL_KJ_PER_MOL.T.reshape(-1).tolist()))
     pair.addPerParticleParameter("t")
     for name in sequence:
@@ -104,11 +104,11 @@ def family(tmp_path_factory):
 def _config(paths, output, **changes):
     data = {"seed": 0, "output": str(output),
             "data": {"dataset": paths, "validation_fraction": 0.34, "held_out_molecules": list(HELD_OUT)},
-            "priors": {"dihedrals": False},
+            "priors": {"dihedrals": False, "repulsion": False},
             "model": {"typed": True, "cgschnet": {"n_features": 32, "n_interactions": 2, "n_rbf": 24,
                                                   "cutoff_nm": 1.0, "n_output_hidden": 32}},
-            "training": {"batch_size": 64, "max_epochs": 12, "learning_rate": 3e-3, "lr_patience": 2,
-                         "early_stopping_patience": 12}}
+            "training": {"batch_size": 64, "max_epochs": 40, "learning_rate": 3e-3, "lr_patience": 3,
+                         "early_stopping_patience": 40}}
     for key, value in changes.items():
         section, name = key.split(".")
         data[section][name] = value

@@ -78,3 +78,32 @@ def chain_positions(n_beads: int, rng, start=(0.0, 0.0, 0.0)) -> np.ndarray:
         direction = trial
         x.append(x[-1] + BOND_NM * direction * rng.uniform(0.97, 1.03))
     return np.array(x)
+
+
+MIXTURE_TYPES = ["MXA:A", "MXB:B"]
+
+
+def mixture_module(cutoff_nm: float = 0.9) -> TypedCGModule:
+    """Two one-bead species with soft repulsions of different sizes (walls near 0.30, 0.33 and 0.36 nm) and a
+    small random network: a binary fluid."""
+    priors = TypedPriors(TermRules(), cutoff_nm)
+    for (a, b), wall_nm in {("MXA:A", "MXA:A"): 0.30, ("MXA:A", "MXB:B"): 0.33, ("MXB:B", "MXB:B"): 0.36}.items():
+        priors.repulsion[(a, b)] = 2.5 * wall_nm ** 6 * 4.0  # 4 kT at the wall, 300 K
+    torch.manual_seed(1)
+    config = SchNetConfig(n_features=8, n_interactions=1, n_rbf=8, cutoff_nm=cutoff_nm, n_output_hidden=8)
+    module = TypedCGModule(MIXTURE_TYPES, [40.0, 60.0], priors, config, energy_scale_kJ_per_mol=1.0)
+    torch.nn.init.normal_(module.network.output[-1].weight, std=0.05)
+    return module
+
+
+def mixture_topology(n_per_side: int, box_nm: float) -> app.Topology:
+    """n_per_side^3 one-bead molecules, A and B alternating, in a cubic box."""
+    from openmm import Vec3, unit
+
+    topology = app.Topology()
+    chain = topology.addChain()
+    for k in range(n_per_side ** 3):
+        residue = topology.addResidue("MXA" if k % 2 == 0 else "MXB", chain)
+        topology.addAtom("A" if k % 2 == 0 else "B", None, residue)
+    topology.setPeriodicBoxVectors([Vec3(box_nm, 0, 0), Vec3(0, box_nm, 0), Vec3(0, 0, box_nm)] * unit.nanometer)
+    return topology
