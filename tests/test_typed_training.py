@@ -162,3 +162,48 @@ def test_a_typed_model_transfers_to_a_held_out_molecule_and_a_type_blind_one_doe
     # the run folder rebuilds the same model (export from its checkpoint)
     exported = workflows.export_run(tmp_path / "typed", tmp_path / "again.pt", dtype="float64")
     assert abs(_held_out_error(exported, blind=False) - typed_error) < 1e-4
+
+
+def test_typed_training_resumes(family, tmp_path):
+    paths = family[False]
+    first = workflows.train(_config(paths, tmp_path / "run", **{"training.max_epochs": 1}), progress=False)
+    assert first["epochs_run"] == 1
+    with pytest.raises(Exception, match="resume|overwrite|exists"):
+        workflows.train(_config(paths, tmp_path / "run", **{"training.max_epochs": 2}), progress=False)
+    again = workflows.train(_config(paths, tmp_path / "run", **{"training.max_epochs": 2}), resume=True,
+                            progress=False)
+    assert again["epochs_run"] == 2 and json.loads((tmp_path / "run" / "priors.json").read_text())
+
+
+def _small_dataset(path, sequence: str, temperature_K: float = TEMPERATURE_K, masses=None, extra_atom=False):
+    """Twenty frames of a chain; ``extra_atom``: the first bead is the centre of its atom and an added one."""
+    topology = _topology(sequence)
+    n = len(sequence)
+    groups = [[k] for k in range(n)]
+    if extra_atom:
+        atoms = list(topology.atoms())
+        topology.addBond(atoms[0], topology.addAtom("H1", app.element.hydrogen, atoms[0].residue))
+        groups[0] = [0, n]
+        masses = [12.01078] * n
+    mapping = build_mapping(topology, groups, "cog", bead_names=list(sequence), masses_amu=masses)
+    rng = np.random.default_rng(0)
+    x = np.cumsum(rng.normal(scale=0.2, size=(20, n, 3)), axis=1).astype(np.float32)
+    return CGDataset(x, np.zeros_like(x), np.repeat([0, 1], 10).astype(np.int32), temperature_K, mapping,
+                     ["t0", "t1"]).save(path)
+
+
+def test_typed_training_refuses_inconsistent_datasets_before_touching_the_run_folder(tmp_path):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "keep.txt").write_text("earlier results")
+    a = str(_small_dataset(tmp_path / "a.h5", "ABC"))
+    hot = str(_small_dataset(tmp_path / "hot.h5", "CBA", temperature_K=350.0))
+    heavy = str(_small_dataset(tmp_path / "heavy.h5", "AB", masses=[20.0, 14.0]))
+    cases = [([a, hot], "temperatures \\[300.0, 350.0\\] K.*one state point"),
+             ([a, heavy], "bead type MOL:A has mass 12.01078 amu in .*a.h5 but 20.0 amu"),
+             ([a, str(_small_dataset(tmp_path / "again.h5", "ABC", extra_atom=True))], "mapped differently"),
+             ([a], "not among the datasets' molecules")]
+    for paths, message in cases:
+        with pytest.raises(InputError, match=message):
+            workflows.train(_config(paths, output), progress=False)
+    assert (output / "keep.txt").read_text() == "earlier results" and len(list(output.iterdir())) == 1
