@@ -199,6 +199,8 @@ def test_a_typed_model_has_no_energy_before_binding(typed_path):
         pot.module(torch.zeros(3, 3, dtype=torch.float64))
     with pytest.raises(ModelFileError, match="typed model"):
         pot.n_beads
+    with pytest.raises(ModelFileError, match="no topology of its own"):
+        pot.topology()
 
 
 def test_version_1_model_still_loads_and_runs():
@@ -263,3 +265,38 @@ def test_info_lists_bead_types_and_prior_term_classes(typed_path, capsys):
     classes = info["prior_term_classes"]
     assert "MOL:A-MOL:B" in classes["bond"] and "MOL:A-MOL:B-MOL:C" in classes["angle"]
     assert len(classes["repulsion"]) == 6 and "typed_priors" not in info
+
+
+def test_only_repulsions_that_can_act_are_required(tmp_path):
+    # a type that occurs once per molecule has no like-type repulsion in single-molecule data
+    priors = toy_priors()
+    del priors.repulsion[("MOL:C", "MOL:C")]
+    pot = CGPotential.load(save_typed(toy_typed_module(priors).double(), tmp_path / "no_cc.pt"))
+    one_c = ["A", "B", "C", "A", "B"]
+    pot.bind(chain_topology([one_c]))
+    pot.bind(chain_topology([["C", "A", "C"]]))  # two Cs, but 2 bonds apart: excluded
+    with pytest.raises(ModelFileError, match=r"repulsion within a molecule: MOL:C-MOL:C"):
+        pot.bind(chain_topology([["C", "A", "B", "A", "C"]]))  # 4 bonds apart
+    with pytest.raises(ModelFileError, match=r"repulsion between molecules: .*MOL:C-MOL:C.*intermolecular=False"):
+        pot.bind(chain_topology([one_c, one_c]))
+    rng = np.random.default_rng(5)
+    x = np.concatenate([chain_positions(5, rng), chain_positions(5, rng, (0.4, 0.3, 0.0))])
+    e_ref, f_ref = energy_and_forces(pot.bind(chain_topology([one_c, one_c]), intermolecular=False).module, x)
+    # native OpenMM priors keep the molecules apart too
+    system = pot.createSystem(chain_topology([one_c, one_c]), priors_as_openmm_forces=True, intermolecular=False)
+    e, f = _openmm_energy_forces(system, x)
+    assert abs(e - e_ref) <= 1e-6 * abs(e_ref)
+    np.testing.assert_allclose(f, f_ref, rtol=1e-5, atol=1e-5 * np.abs(f_ref).max())
+
+
+def test_duplicate_bonds_count_once(typed_path):
+    from openmm import app
+
+    pot = CGPotential.load(typed_path)
+    topology = chain_topology([SEQ_1])
+    atoms = list(topology.atoms())
+    doubled = chain_topology([SEQ_1])
+    doubled_atoms = list(doubled.atoms())
+    doubled.addBond(doubled_atoms[1], doubled_atoms[0])
+    x = chain_positions(len(SEQ_1), np.random.default_rng(6))
+    assert abs(energy_and_forces(pot.bind(doubled).module, x)[0] - energy_and_forces(pot.bind(topology).module, x)[0]) < 1e-9

@@ -23,7 +23,7 @@ from ..errors import ModelFileError
 from ..geometry import SmoothCutoff
 from ..priors.graph import close_pairs, molecule_index
 from ..priors.terms import PriorEnergy
-from ..priors.typed import TypedPriors
+from ..priors.typed import TypedPriors, unique_bonds
 from ..topology import bead_type_keys, topology_from_dict
 from .kinds import ModelKind, PotentialModule
 from .neighbors import neighbor_pairs, open_neighbor_pairs
@@ -98,7 +98,7 @@ class BoundCGModule(PotentialModule):
                                  f"(types are RESIDUE:BEAD keys; the model knows {', '.join(type_names)})")
         if not types:
             raise ModelFileError("the topology has no beads")
-        bonds = np.asarray(topology_dict["bonds"], dtype=np.int64).reshape(-1, 2)
+        bonds = unique_bonds(topology_dict["bonds"])
         priors = TypedPriors.from_dict(typed["typed_priors"])
         self.n_beads = len(types)
         index = {name: k for k, name in enumerate(type_names)}
@@ -107,7 +107,8 @@ class BoundCGModule(PotentialModule):
         self.register_buffer("dtype_probe", torch.zeros(0))
         self.prior = PriorEnergy(priors.bonded_terms(types, bonds))
         self.has_repulsion = priors.rules.repulsion
-        self.register_buffer("repulsion_c", torch.as_tensor(priors.repulsion_matrix(type_names, types),
+        self.register_buffer("repulsion_c", torch.as_tensor(priors.repulsion_matrix(
+            type_names, priors.required_repulsion(types, bonds, intermolecular)),
                                                             dtype=torch.float32))
         excluded = close_pairs(self.n_beads, bonds, priors.rules.min_bond_separation - 1)
         # Exclusions as sorted keys i * N + j, looked up for every neighbor pair by binary search.

@@ -89,11 +89,28 @@ def fit_repulsion(samples: np.ndarray, kT: float, wall_quantiles=(0.001, 0.05), 
     low, high = np.quantile(samples, wall_quantiles)
     wall = samples[(samples >= low) & (samples <= high)]
     r, energy, counts = _boltzmann_inverted(wall, lambda c: c ** 2, kT, bins)
-    if len(r) >= 4:
+    # With a switch, a wall is resolved only well inside the cutoff: near it, S(r)/r^6 -> 0 and c would diverge.
+    if len(r) >= 4 and (switch is None or low < _switch_half_point(switch)):
         c, _ = _weighted_lstsq(np.stack([shape(r), np.ones_like(r)], axis=1), energy, counts)
         if c > 0:
             return float(c)
-    return float(kT * low ** 6) if switch is None else float(kT / shape(np.array([low]))[0])
+    if switch is None:
+        return float(kT * low ** 6)
+    # One kT at the closest distance, or where the switch is still 1/2 (half the cutoff) for pairs that never
+    # come closer: a class seen only near or beyond the cutoff gets a weak wall, not c / S(r) -> infinity.
+    r = min(float(low), _switch_half_point(switch))
+    return float(kT / shape(np.array([r]))[0])
+
+
+def _switch_half_point(switch) -> float:
+    """The distance where ``switch`` falls to 1/2 (bisection; the switch decreases from 1 to 0)."""
+    low, high = 0.0, 100.0
+    while switch(np.array([high]))[0] > 0.5:
+        high *= 2.0
+    for _ in range(60):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if switch(np.array([middle]))[0] > 0.5 else (low, middle)
+    return 0.5 * (low + high)
 
 
 def fit_priors(positions_nm: np.ndarray, bonds: np.ndarray, temperature_K: float, n_dihedral_terms: int = 3,

@@ -1,4 +1,5 @@
 """Angles, dihedrals and non-bonded pairs derived from a CG bond graph."""
+from collections import Counter
 from itertools import combinations
 from typing import List, Tuple
 
@@ -65,7 +66,8 @@ def topology_terms(n_beads: int, bonds: np.ndarray) -> Tuple[np.ndarray, np.ndar
 def dihedrals_per_central_bond(quads: np.ndarray) -> np.ndarray:
     """For each quad (i, j, k, l), how many quads share its central bond {j, k}."""
     central = [tuple(sorted(q[1:3])) for q in np.asarray(quads).reshape(-1, 4).tolist()]
-    return np.array([central.count(bond) for bond in central], dtype=np.int64)
+    counts = Counter(central)
+    return np.array([counts[bond] for bond in central], dtype=np.int64)
 
 
 def molecule_index(n_beads: int, bonds: np.ndarray) -> np.ndarray:

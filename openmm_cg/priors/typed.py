@@ -97,10 +97,11 @@ class TypedPriors:
     def bonded_terms(self, types: Sequence[str], bonds: np.ndarray) -> PriorParameters:
         """Bonds, angles and dihedrals of a topology with bead ``types`` and ``bonds`` (no repulsion), or a
         ModelFileError listing every class the model has no prior for."""
-        bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+        bonds = unique_bonds(bonds)
         n_beads = len(types)
         triples = angle_triples(n_beads, bonds) if self.rules.angles else np.zeros((0, 3), np.int64)
-        quads = dihedral_quads(n_beads, bonds) if self.rules.dihedrals else np.zeros((0, 4), np.int64)
+        with_dihedrals = self.rules.dihedrals and self.rules.n_dihedral_terms > 0
+        quads = dihedral_quads(n_beads, bonds) if with_dihedrals else np.zeros((0, 4), np.int64)
         missing: Dict[str, set] = {name: set() for name in TERM_CLASSES}
 
         def lookup(table, index, name):
@@ -128,28 +129,72 @@ class TypedPriors:
         if len(quads):
             params.dihedral_quads = quads
             share = 1.0 / dihedrals_per_central_bond(quads)
-            params.dihedral_k = np.array([k for k, _ in dihedral_values]).reshape(-1, n_terms) * share[:, None]
+            # rounded to float32 once more after the division: the module's buffers and OpenMM get the same numbers
+            k = np.array([k for k, _ in dihedral_values]).reshape(-1, n_terms) * share[:, None]
+            params.dihedral_k = k.astype(np.float32).astype(np.float64)
             params.dihedral_phase = np.array([p for _, p in dihedral_values]).reshape(-1, n_terms)
         return params
 
-    def repulsion_matrix(self, type_names: Sequence[str], present: Sequence[str]) -> np.ndarray:
-        """(T, T) repulsion constants over ``type_names`` (zeros without a repulsion rule); every pair of the
-        ``present`` types must have a class, or a ModelFileError lists those that have none."""
+    def required_repulsion(self, types: Sequence[str], bonds: np.ndarray, intermolecular: bool) -> Dict[tuple, str]:
+        """The repulsion classes a topology can evaluate, each with where it acts ("within a molecule" or
+        "between molecules"): pairs of one molecule at least ``min_bond_separation`` bonds apart, and with
+        ``intermolecular``, pairs of beads of different molecules."""
+        from .graph import close_pairs, molecule_index
+
+        if not self.rules.repulsion:
+            return {}
+        bonds = unique_bonds(bonds)
+        molecule = molecule_index(len(types), bonds)
+        required: Dict[tuple, str] = {}
+        members: Dict[int, List[int]] = {}
+        for bead, m in enumerate(molecule.tolist()):
+            members.setdefault(m, []).append(bead)
+        done = set()
+        for beads in members.values():
+            local = {bead: k for k, bead in enumerate(beads)}
+            inner = [(local[i], local[j]) for i, j in bonds.tolist() if i in local]
+            names = [types[b] for b in beads]
+            signature = (tuple(names), tuple(inner))
+            if signature in done:  # copies of one molecule need its classes once
+                continue
+            done.add(signature)
+            excluded: Dict[int, List[int]] = {}
+            for i, j in close_pairs(len(beads), np.array(inner), self.rules.min_bond_separation - 1).tolist():
+                excluded.setdefault(i, []).append(j)
+            codes = np.array([sorted(set(types)).index(name) for name in names])
+            found = set()
+            for i in range(len(beads) - 1):
+                partners = np.setdiff1d(np.arange(i + 1, len(beads)), excluded.get(i, []))
+                found.update(np.unique(codes[i] * len(types) + codes[partners]).tolist())
+            ordered = sorted(set(types))
+            for code in found:
+                required.setdefault(canonical((ordered[code // len(types)], ordered[code % len(types)])),
+                                    "within a molecule")
+        if intermolecular and len(members) > 1:
+            molecules_of: Dict[str, set] = {}
+            for bead, m in enumerate(molecule.tolist()):
+                molecules_of.setdefault(types[bead], set()).add(m)
+            present = sorted(molecules_of)
+            for a_pos, a in enumerate(present):
+                for b in present[a_pos:]:
+                    if len(molecules_of[a] | molecules_of[b]) > 1:  # some bead of a and of b in different molecules
+                        required.setdefault(canonical((a, b)), "between molecules")
+        return required
+
+    def repulsion_matrix(self, type_names: Sequence[str], required: Dict[tuple, str]) -> np.ndarray:
+        """(T, T) repulsion constants over ``type_names`` (zero for classes the model does not have); every
+        ``required`` class must be there, or a ModelFileError lists those that are not."""
         n = len(type_names)
         matrix = np.zeros((n, n))
-        if not self.rules.repulsion:
-            return matrix
         index = {name: k for k, name in enumerate(type_names)}
-        present = sorted(set(present))
-        missing = {"repulsion": set()}
-        for a_pos, a in enumerate(present):
-            for b in present[a_pos:]:
-                key = canonical((a, b))
-                if key not in self.repulsion:
-                    missing["repulsion"].add("-".join(key))
-                    continue
-                matrix[index[a], index[b]] = matrix[index[b], index[a]] = self.repulsion[key]
-        _raise_missing(missing)
+        for (a, b), c in self.repulsion.items():
+            if a in index and b in index:
+                matrix[index[a], index[b]] = matrix[index[b], index[a]] = c
+        missing = {f"repulsion {where}": {"-".join(key) for key, w in required.items()
+                                          if w == where and key not in self.repulsion}
+                   for where in ("within a molecule", "between molecules")}
+        _raise_missing(missing, " (or bind with intermolecular=False: molecules that do not interact)"
+                       if missing["repulsion between molecules"] else "")
         return matrix
 
     def molecule_terms(self, types: Sequence[str], bonds: np.ndarray) -> PriorParameters:
@@ -165,16 +210,22 @@ class TypedPriors:
         return params
 
 
+def unique_bonds(bonds) -> np.ndarray:
+    """Bonds as sorted unique pairs (i < j): a bond listed twice, or both ways, is one bond."""
+    bonds = np.sort(np.asarray(bonds, dtype=np.int64).reshape(-1, 2), axis=1)
+    return np.unique(bonds, axis=0).reshape(-1, 2)
+
+
 def _plain(value):
     return [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
 
 
-def _raise_missing(missing: Dict[str, set]) -> None:
+def _raise_missing(missing: Dict[str, set], hint: str = "") -> None:
     lines = [f"{name}: {', '.join(sorted(keys))}" for name, keys in missing.items() if keys]
     if lines:
         raise ModelFileError("the model has no prior for these term classes of the topology (types RESIDUE:BEAD): "
                              + "; ".join(lines) + ". Train on data that contain them, or bind a topology made of the "
-                             "model's molecules")
+                             "model's molecules" + hint)
 
 
 @dataclass
@@ -259,28 +310,31 @@ def _f32(value):
 
 
 def openmm_typed_prior_forces(priors: TypedPriors, type_names: Sequence[str], types: Sequence[str],
-                              bonds: np.ndarray, periodic: bool) -> List:
+                              bonds: np.ndarray, periodic: bool, intermolecular: bool = True) -> List:
     """The priors of a bound topology as native OpenMM forces: harmonic bonds and angles, periodic torsions, and
     the switched repulsion as a CustomNonbondedForce over a table of type pairs, cut off at the model's cutoff,
-    with the same exclusions as the bound module."""
+    with the same exclusions as the bound module (and, without ``intermolecular``, within molecules only)."""
     import openmm
 
-    from .graph import close_pairs
+    from .graph import close_pairs, molecule_index
     from .terms import OPENMM_SWITCHED_REPULSION, openmm_prior_forces
 
     forces = openmm_prior_forces(priors.bonded_terms(types, bonds), len(types), 1)
     if not priors.rules.repulsion:
         return forces
-    matrix = priors.repulsion_matrix(type_names, types)
+    matrix = priors.repulsion_matrix(type_names, priors.required_repulsion(types, bonds, intermolecular))
     index = {name: k for k, name in enumerate(type_names)}
     expression = OPENMM_SWITCHED_REPULSION.replace("c/r^6", "table(type1, type2)/r^6")
+    if not intermolecular:
+        expression = expression.replace("table(type1, type2)", "delta(molecule1-molecule2)*table(type1, type2)")
     repulsion = openmm.CustomNonbondedForce(expression)
     repulsion.addGlobalParameter("rc", float(priors.cutoff_nm))
     repulsion.addTabulatedFunction("table", openmm.Discrete2DFunction(len(type_names), len(type_names),
                                                                       matrix.T.reshape(-1).tolist()))
     repulsion.addPerParticleParameter("type")
-    for name in types:
-        repulsion.addParticle([float(index[name])])
+    repulsion.addPerParticleParameter("molecule")
+    for name, m in zip(types, molecule_index(len(types), unique_bonds(bonds))):
+        repulsion.addParticle([float(index[name]), float(m)])
     for i, j in close_pairs(len(types), bonds, priors.rules.min_bond_separation - 1):
         repulsion.addExclusion(int(i), int(j))
     repulsion.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffPeriodic if periodic

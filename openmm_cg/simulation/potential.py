@@ -141,6 +141,9 @@ class CGPotential:
 
         ``box_vectors_nm`` (3x3, rows a, b, c) makes it periodic; periodic models need one.
         """
+        if self.kind == "typed":
+            raise ModelFileError(f"{self.path.name} is a typed model: it has no topology of its own; build the CG "
+                                 "topology of your molecules (bead names and residue names as its types) and bind it")
         topology = replicate_topology(topology_from_dict(self.metadata["cg_topology"]), n_replicas)
         if box_vectors_nm is not None:
             from openmm import Vec3, unit
@@ -236,7 +239,7 @@ class CGPotential:
             topology = topology_from_dict(self.metadata["cg_topology"])
             return openmm_typed_prior_forces(TypedPriors.from_dict(typed["typed_priors"]), typed["type_names"],
                                              bead_type_keys(topology), np.asarray(self.metadata["cg_topology"]["bonds"]),
-                                             self.periodic)
+                                             self.periodic, bool(self.metadata.get("intermolecular", True)))
         return openmm_prior_forces(PriorParameters.from_dict(self.metadata["priors"]), self.n_beads, n_replicas)
 
     def _torch_force(self, network_only: bool, compile: bool, torch_device: Optional[str],

@@ -199,6 +199,11 @@ def train_typed(config: TrainConfig, resume: bool = False, overwrite: bool = Fal
         priors = fit_typed_priors(samples, temperature, typed_rules(config), network_config.cutoff_nm)
         run.write_json("priors.json", priors.to_dict())
 
+    for molecule in split.held_out:  # judged at the end: refuse now, not after training, if it cannot be
+        try:
+            priors.molecule_terms(molecule.types, molecule.bonds)
+        except ModelFileError as error:
+            raise InputError(f"held-out molecule {molecule.name} cannot be judged: {error}") from None
     stride = max(1, int(config.data.frame_stride))
     val_stride = stride * max(1, int(config.data.validation_frame_stride))
     train_frames = [_frames(m, train, priors, stride) for m, train, _ in split.train]
@@ -225,10 +230,7 @@ def train_typed(config: TrainConfig, resume: bool = False, overwrite: bool = Fal
 
     held_out = {}
     for molecule in split.held_out:
-        try:
-            x, f = _frames(molecule, molecule.dataset, priors, val_stride)
-        except ModelFileError as error:
-            raise InputError(f"held-out molecule {molecule.name} cannot be judged: {error}") from None
+        x, f = _frames(molecule, molecule.dataset, priors, val_stride)
         held_out[molecule.name] = {"force_rmse_kJ_per_mol_nm": rmse(molecule, x, f),
                                    "prior_only_force_rmse_kJ_per_mol_nm": float(np.sqrt(np.mean(f.astype(np.float64) ** 2))),
                                    "frames": int(len(x))}

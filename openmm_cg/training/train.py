@@ -81,12 +81,16 @@ class ForceMatching(lightning().LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch)
-        self.log("train_mse", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch[0]))
+        self.log("train_mse", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=self._frames(batch))
         return loss
 
     def validation_step(self, batch, batch_idx):
         loss = self._loss(batch)
-        self.log("val_mse", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch[0]))
+        self.log("val_mse", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=self._frames(batch))
+
+    def _frames(self, batch) -> int:
+        """Frames in a batch (epoch means weigh batches by it): graph batches carry each bead's frame."""
+        return int(batch[3].max()) + 1 if self.loss is not None else len(batch[0])
 
     def on_train_epoch_end(self):
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=False)
