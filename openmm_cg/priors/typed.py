@@ -145,30 +145,34 @@ class TypedPriors:
             return {}
         bonds = unique_bonds(bonds)
         molecule = molecule_index(len(types), bonds)
-        required: Dict[tuple, str] = {}
+        ordered = sorted(set(types))
+        code_of = {name: k for k, name in enumerate(ordered)}
+        codes_all = np.array([code_of[name] for name in types], dtype=np.int64)
         members: Dict[int, List[int]] = {}
         for bead, m in enumerate(molecule.tolist()):
             members.setdefault(m, []).append(bead)
+        bonds_of: Dict[int, List[List[int]]] = {}
+        for i, j in bonds.tolist():
+            bonds_of.setdefault(int(molecule[i]), []).append([i, j])
+        required: Dict[tuple, str] = {}
         done = set()
-        for beads in members.values():
+        for m, beads in members.items():
             local = {bead: k for k, bead in enumerate(beads)}
-            inner = [(local[i], local[j]) for i, j in bonds.tolist() if i in local]
-            names = [types[b] for b in beads]
-            signature = (tuple(names), tuple(inner))
+            inner = [(local[i], local[j]) for i, j in bonds_of.get(m, [])]
+            codes = codes_all[beads]
+            signature = (tuple(codes.tolist()), tuple(inner))
             if signature in done:  # copies of one molecule need its classes once
                 continue
             done.add(signature)
             excluded: Dict[int, List[int]] = {}
             for i, j in close_pairs(len(beads), np.array(inner), self.rules.min_bond_separation - 1).tolist():
                 excluded.setdefault(i, []).append(j)
-            codes = np.array([sorted(set(types)).index(name) for name in names])
             found = set()
             for i in range(len(beads) - 1):
                 partners = np.setdiff1d(np.arange(i + 1, len(beads)), excluded.get(i, []))
-                found.update(np.unique(codes[i] * len(types) + codes[partners]).tolist())
-            ordered = sorted(set(types))
+                found.update(np.unique(codes[i] * len(ordered) + codes[partners]).tolist())
             for code in found:
-                required.setdefault(canonical((ordered[code // len(types)], ordered[code % len(types)])),
+                required.setdefault(canonical((ordered[code // len(ordered)], ordered[code % len(ordered)])),
                                     "within a molecule")
         if intermolecular and len(members) > 1:
             molecules_of: Dict[str, set] = {}
