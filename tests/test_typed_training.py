@@ -30,8 +30,8 @@ TRAINING = {f"m{k}": s for k, s in enumerate(["CCABCB", "CACABBCA", "CBCCBB", "A
 HELD_OUT = {"new": "AACBBCA"}  # a new order; every class of its terms is in the training chains
 TEMPERATURE_K = 300.0
 # The stated tolerance: on the held-out molecule, the RMS error of the model's forces (priors and network,
-# bonded errors included) relative to the RMS of the exact non-bonded (type-dependent) forces. Measured: 0.76
-# for the typed model, 1.40 for the type-blind one (the error of a model without the type-dependent forces is
+# bonded errors included) relative to the RMS of the exact non-bonded (type-dependent) forces. Measured: 0.77
+# for the typed model, 1.41 for the type-blind one (the error of a model without the type-dependent forces is
 # about 1); the typed model must stay below 1, and the blind one fails.
 TRANSFER_TOLERANCE = 1.0
 
@@ -110,8 +110,8 @@ def _config(paths, output, **changes):
             "priors": {"dihedrals": False, "repulsion": False},
             "model": {"typed": True, "cgschnet": {"n_features": 32, "n_interactions": 2, "n_rbf": 24,
                                                   "cutoff_nm": 1.0, "n_output_hidden": 32}},
-            "training": {"batch_size": 64, "max_epochs": 40, "learning_rate": 3e-3, "lr_patience": 3,
-                         "early_stopping_patience": 40}}
+            "training": {"batch_size": 64, "max_epochs": 25, "learning_rate": 3e-3, "lr_patience": 3,
+                         "early_stopping_patience": 25}}
     for key, value in changes.items():
         section, name = key.split(".")
         data[section][name] = value

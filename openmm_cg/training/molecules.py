@@ -28,6 +28,7 @@ from ..priors.typed import MoleculeSamples, TermRules, TypedPriors, fit_typed_pr
 from ..topology import bead_type_keys
 from .config import TrainConfig
 from .lightning import fit, lightning, loader, make_trainer
+from .matching import RESUMABLE_CHANGES, ForceMatching, Throughput, TrainedModel, load_checkpoint, prior_forces
 
 
 @dataclass
@@ -167,8 +168,6 @@ def typed_rules(config: TrainConfig) -> TermRules:
 
 
 def _frames(molecule: Molecule, dataset: CGDataset, priors: TypedPriors, stride: int):
-    from .train import prior_forces
-
     x = dataset.positions_nm[::stride]
     return x, dataset.forces_kJ_per_mol_nm[::stride] - prior_forces(priors.molecule_terms(molecule.types, molecule.bonds), x)
 
@@ -180,7 +179,6 @@ def _types_tensor(molecule: Molecule, type_names: List[str]) -> torch.Tensor:
 
 def train_typed(config: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True):
     """``training.train.train`` for ``model.typed``: one typed model for every molecule of the dataset list."""
-    from .train import ForceMatching, RESUMABLE_CHANGES, TrainedModel, _load_checkpoint, _Throughput
 
     paths = config.data.paths()
     molecules = load_molecules(paths)
@@ -218,12 +216,12 @@ def train_typed(config: TrainConfig, resume: bool = False, overwrite: bool = Fal
                          opt.min_learning_rate, loss=graph_loss)
     trainer = make_trainer(run, "val_mse", opt.max_epochs, opt.early_stopping_patience, opt.max_time_minutes,
                            progress, opt.accelerator, opt.devices)
-    throughput = _Throughput()
+    throughput = Throughput()
     trainer.callbacks.append(throughput)
     train_set = GraphFrames(*zip(*train_frames))
     best = fit(trainer, task, loader(train_set, opt.batch_size, True, config.seed, collate),
                loader(GraphFrames(*zip(*val_frames)), max(opt.batch_size, 1024), False, config.seed, collate), run, resume)
-    model = _load_checkpoint(model, best)
+    model = load_checkpoint(model, best)
 
     def rmse(molecule, x, f):
         return typed_force_rmse(model, _types_tensor(molecule, type_names), x, f)
@@ -266,14 +264,12 @@ def typed_metadata(model: TypedCGModule, config: TrainConfig, molecules: List[Mo
 
 def load_trained_typed(run_dir: Path, config: TrainConfig, checkpoint_path: Path):
     """The typed model of a finished training run folder, rebuilt from its config, priors and checkpoint."""
-    from .train import TrainedModel, _load_checkpoint
-
     molecules = load_molecules(config.data.paths())
     split = split_molecules(molecules, config)
     priors = TypedPriors.from_dict(json.loads((run_dir / "priors.json").read_text()))
     type_names = sorted({t for m, _, _ in split.train for t in m.types})
     masses = {t: float(mass) for m, _, _ in split.train for t, mass in zip(m.types, m.dataset.mapping.masses_amu)}
-    model = _load_checkpoint(TypedCGModule(type_names, [masses[t] for t in type_names], priors,
+    model = load_checkpoint(TypedCGModule(type_names, [masses[t] for t in type_names], priors,
                                            config.model.network()), checkpoint_path)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}

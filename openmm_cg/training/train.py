@@ -13,8 +13,7 @@ every batch carries its frames' box vectors.
 import hashlib
 import json
 import resource
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -30,91 +29,12 @@ from ..nn.potential import CGPotentialModule
 from ..outputs import RunFolder
 from ..priors.fit import fit_priors
 from ..priors.pair import PairPriorParameters, fit_pair_repulsion_to_frames, max_rdf_range_nm
-from ..priors.terms import PriorEnergy, PriorParameters
+from ..priors.terms import PriorParameters
 from .config import TrainConfig, load_config
-from .lightning import fit, lightning, load_state_dict, loader, make_trainer
+from .lightning import fit, lightning, loader, make_trainer
+from .matching import RESUMABLE_CHANGES, ForceMatching, Throughput, TrainedModel, load_checkpoint, prior_forces
+from .molecules import load_trained_typed, train_typed
 
-# Settings a resumed run may change: none changes what the network is trained on (the folder may be moved).
-RESUMABLE_CHANGES = ("training.max_epochs", "data.validation_frame_stride", "output")
-
-
-@dataclass
-class TrainedModel:
-    """A trained potential in memory: the module, the metadata of its model file, the training summary and
-    the run folder it was trained in. Writing the model file is ``export.save_model``'s job."""
-    module: torch.nn.Module
-    metadata: dict
-    summary: dict
-    run_dir: Path
-
-
-def prior_forces(params: PriorParameters, positions_nm: np.ndarray, chunk: int = 50_000) -> np.ndarray:
-    prior = PriorEnergy(params).double()
-    out = []
-    for start in range(0, len(positions_nm), chunk):
-        x = torch.as_tensor(positions_nm[start:start + chunk], dtype=torch.float64).requires_grad_(True)
-        (grad,) = torch.autograd.grad(prior(x).sum(), x)
-        out.append((-grad).numpy().astype(np.float32))
-    return np.concatenate(out)
-
-
-class ForceMatching(lightning().LightningModule):
-    """Trains ``model.network`` on delta forces: loss = mean over beads and components of squared error, or
-    ``loss(model, batch, create_graph)`` (batches of several molecules, ``molecules.graph_loss``)."""
-
-    def __init__(self, model: CGPotentialModule, learning_rate: float, weight_decay: float, lr_factor: float,
-                 lr_patience: int, min_learning_rate: float, loss=None):
-        super().__init__()
-        self.model = model
-        self.loss = loss
-        self.save_hyperparameters(ignore=["model", "loss"])
-
-    def _loss(self, batch):
-        if self.loss is not None:
-            return self.loss(self.model, batch, self.training)
-        positions, *extras, delta_forces = batch  # periodic data: boxes, then temperatures if the model takes T
-        with torch.enable_grad():
-            positions = positions.requires_grad_(True)
-            energy = self.model.network_energy(positions, *extras)
-            (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=self.training)
-        return ((-grad - delta_forces) ** 2).mean()
-
-    def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
-        self.log("train_mse", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=self._frames(batch))
-        return loss
-
-    def validation_step(self, batch, batch_idx):
-        loss = self._loss(batch)
-        self.log("val_mse", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=self._frames(batch))
-
-    def _frames(self, batch) -> int:
-        """Frames in a batch (epoch means weigh batches by it): graph batches carry each bead's frame."""
-        return int(batch[3].max()) + 1 if self.loss is not None else len(batch[0])
-
-    def on_train_epoch_end(self):
-        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=False)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=hp.lr_factor, patience=hp.lr_patience, min_lr=hp.min_learning_rate)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_mse"}}
-
-
-class _Throughput(lightning().Callback):
-    """Training frames per second, measured over the training epochs (validation excluded)."""
-
-    def __init__(self):
-        self.frames, self.seconds, self._start = 0, 0.0, 0.0
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.seconds += time.perf_counter() - self._start
-        self.frames += len(trainer.train_dataloader.dataset)
 
 
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainedModel:
@@ -122,8 +42,6 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
     (its summary is also written to ``summary.json``)."""
     config.validate()
     if config.model.typed:
-        from .molecules import train_typed
-
         return train_typed(config, resume, overwrite, progress)
     paths = config.data.paths()
     datasets = load_datasets(paths)
@@ -162,11 +80,11 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, pr
                          opt.min_learning_rate)
     trainer = make_trainer(run, "val_mse", opt.max_epochs, opt.early_stopping_patience, opt.max_time_minutes,
                            progress, opt.accelerator, opt.devices)
-    throughput = _Throughput()
+    throughput = Throughput()
     trainer.callbacks.append(throughput)
     best = fit(trainer, task, _loader(train_arrays, opt.batch_size, True, config.seed),
                _loader(val_arrays, _evaluation_batch(opt.batch_size, periodic), False, config.seed), run, resume)
-    model = _load_checkpoint(model, best)
+    model = load_checkpoint(model, best)
     val_mse = _mse(model, val_arrays)
 
     def names(part):
@@ -202,13 +120,11 @@ def load_trained(run_dir, checkpoint: str = "best") -> TrainedModel:
             raise InputError(f"{run_dir} is not a finished training run: {needed.name} is missing")
     config = load_config(config_path)
     if config.model.typed:
-        from .molecules import load_trained_typed
-
         return load_trained_typed(run_dir, config, checkpoint_path)
     datasets = load_datasets(config.data.paths())
     periodic = datasets[0].periodic
     params = _read_priors(run_dir / "priors.json", periodic)
-    model = _load_checkpoint(_build_model(datasets[0].mapping, periodic, params, config.model.network(),
+    model = load_checkpoint(_build_model(datasets[0].mapping, periodic, params, config.model.network(),
                                           temperature_reference=temperature_reference_K(config, datasets)),
                              checkpoint_path)
     summary_path = run_dir / "summary.json"
@@ -310,12 +226,6 @@ def _delta_arrays(params, subsets, stride: int, with_temperatures: bool = False,
 
 def _loader(arrays, batch_size: int, shuffle: bool, seed: int):
     return loader(torch.utils.data.TensorDataset(*(torch.as_tensor(a) for a in arrays)), batch_size, shuffle, seed)
-
-
-def _load_checkpoint(model, checkpoint_path):
-    state = load_state_dict(checkpoint_path)
-    model.load_state_dict({key[len("model."):]: value for key, value in state.items() if key.startswith("model.")})
-    return model.cpu().eval()
 
 
 def _evaluation_batch(batch_size: int, periodic: bool) -> int:
