@@ -34,7 +34,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 CHAIN_BEADS = 100
 TYPES = [f"RES:T{k}" for k in range(6)]
-WARMUP_STEPS = 3
+WARMUP_STEPS = 5
 
 
 FEATURES = [128]  # set by --features: 128 is the alanine dipeptide model's width
@@ -102,7 +102,7 @@ def time_steps(system, positions, n_steps: int, threads: int) -> float:
     integrator = langevin_integrator(300.0, 1.0, 0.002, seed=0)
     context = Context(system, integrator, *platform("CPU", threads))
     context.setPositions(positions)
-    integrator.step(WARMUP_STEPS)  # TorchScript optimises its graph on the third call
+    integrator.step(WARMUP_STEPS)  # TorchScript optimises its graph on the third call; the first steps touch new memory
     start = time.perf_counter()
     integrator.step(n_steps)
     context.getState(getEnergy=True)
@@ -140,7 +140,7 @@ def worker(n_beads: int, n_steps: int, threads: int, path: str, baseline: bool) 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000, 100000])
-    parser.add_argument("--steps", type=int, nargs="+", default=[20, 5, 2, 1], help="timed steps per size")
+    parser.add_argument("--steps", type=int, nargs="+", default=[20, 5, 3, 3], help="timed steps per size")
     parser.add_argument("--baseline-sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--features", type=int, nargs="+", default=[128, 32],
