@@ -8,7 +8,7 @@ import numpy as np
 from ..data.datasets import CGDataset
 from ..errors import InputError
 from ..outputs import RunFolder
-from ..simulation.trajectory import FORMATS, load_run_frames
+from ..simulation.trajectory import load_run_frames, run_trajectory_path
 from ..topology import bead_type_keys
 from .liquid import RDF, first_peak, max_rdf_range_nm, partial_rdfs, rdf_error
 from .ramachandran import PhiPsi, compare, phi_psi, plot_free_energy_surfaces, replica_phi_psi
@@ -53,15 +53,13 @@ def _first_frame(sim_dir):
     import mdtraj
 
     sim_dir = Path(sim_dir)
-    paths = [sim_dir / f"trajectory.{fmt}" for fmt in FORMATS if (sim_dir / f"trajectory.{fmt}").exists()]
-    if not paths:
-        raise InputError(f"{sim_dir} holds no trajectory.dcd or trajectory.h5")
-    if paths[0].suffix == ".h5":
-        return mdtraj.load_frame(str(paths[0]), 0)
+    path = run_trajectory_path(sim_dir)
+    if path.suffix == ".h5":
+        return mdtraj.load_frame(str(path), 0)
     if not (sim_dir / "topology.pdb").exists():
         raise InputError(f"{sim_dir} holds trajectory.dcd but no topology.pdb")
     topology = mdtraj.load_pdb(str(sim_dir / "topology.pdb"), standard_names=False).topology
-    return mdtraj.load_frame(str(paths[0]), 0, top=topology)
+    return mdtraj.load_frame(str(path), 0, top=topology)
 
 
 def simulations_are_periodic(sim_dirs: Sequence) -> bool:

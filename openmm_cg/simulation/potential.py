@@ -22,8 +22,8 @@ from ..export import DTYPES, load_eager, load_exported, save_model
 from ..nn.kinds import file_metadata, kind_of
 from ..nn.periodic import TEMPERATURE_PARAMETER
 from ..priors.terms import PriorParameters, openmm_prior_forces
-from ..priors.typed import TypedPriors, openmm_typed_prior_forces
-from ..topology import bead_type_keys, replicate_topology, topology_from_dict, topology_to_dict
+from ..priors.typed import TypedPriors, openmm_typed_prior_forces, unique_bonds
+from ..topology import bead_type_keys, bonds_array, replicate_topology, topology_from_dict, topology_to_dict
 
 # Shipped models are package data: the catalog lists each one with its model card.
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -177,8 +177,8 @@ class CGPotential:
     def _check_bound_topology(self, topology: app.Topology) -> None:
         bound = topology_from_dict(self.metadata["cg_topology"])
         ours, theirs = bead_type_keys(bound), bead_type_keys(topology)
-        bonds = sorted(map(sorted, self.metadata["cg_topology"]["bonds"]))
-        their_bonds = sorted(sorted([b.atom1.index, b.atom2.index]) for b in topology.bonds())
+        bonds = unique_bonds(self.metadata["cg_topology"]["bonds"]).tolist()
+        their_bonds = unique_bonds(bonds_array(topology)).tolist()
         periodic = topology.getPeriodicBoxVectors() is not None
         if ours != theirs or bonds != their_bonds or periodic != self.periodic:
             what = ("bead types" if ours != theirs else "bonds" if bonds != their_bonds else "periodicity")

@@ -131,15 +131,22 @@ def frame_times_ps(path) -> np.ndarray:
     return (first_step + interval * np.arange(1, count + 1)) * step_ps
 
 
+def run_trajectory_path(out_dir) -> Path:
+    """The trajectory file of a simulation or rollout folder (``trajectory.dcd`` or ``.h5``)."""
+    out_dir = Path(out_dir)
+    paths = [out_dir / f"trajectory.{fmt}" for fmt in FORMATS if (out_dir / f"trajectory.{fmt}").exists()]
+    if not paths:
+        raise InputError(f"{out_dir} holds no trajectory.dcd or trajectory.h5")
+    return paths[0]
+
+
 def load_run_frames(out_dir, skip_ps: float = 0.0):
     """(positions (F, N, 3) nm, boxes (F, 3, 3) nm or None) of a simulation or rollout folder
     (``trajectory.dcd`` or ``.h5``), float64, without the frames of the first ``skip_ps``."""
     import mdtraj
 
     out_dir = Path(out_dir)
-    paths = [out_dir / f"trajectory.{fmt}" for fmt in FORMATS if (out_dir / f"trajectory.{fmt}").exists()]
-    if not paths:
-        raise InputError(f"{out_dir} holds no trajectory.dcd or trajectory.h5")
+    paths = [run_trajectory_path(out_dir)]
     if paths[0].suffix == ".h5":
         trajectory = mdtraj.load_hdf5(str(paths[0]))
     else:

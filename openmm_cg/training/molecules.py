@@ -162,6 +162,13 @@ def split_molecules(molecules: List[Molecule], config: TrainConfig) -> TypedSpli
     return TypedSplit(train, held_out)
 
 
+def type_table(split: TypedSplit) -> Tuple[List[str], List[float]]:
+    """The model's bead types (those of the training molecules, sorted) and their masses (amu)."""
+    masses = {t: float(mass) for m, _, _ in split.train for t, mass in zip(m.types, m.dataset.mapping.masses_amu)}
+    names = sorted(masses)
+    return names, [masses[t] for t in names]
+
+
 def typed_rules(config: TrainConfig) -> TermRules:
     p = config.priors
     return TermRules(angles=p.angles, dihedrals=p.dihedrals, repulsion=p.repulsion, n_dihedral_terms=p.n_dihedral_terms)
@@ -206,10 +213,9 @@ def train_typed(config: TrainConfig, resume: bool = False, overwrite: bool = Fal
     val_stride = stride * max(1, int(config.data.validation_frame_stride))
     train_frames = [_frames(m, train, priors, stride) for m, train, _ in split.train]
     val_frames = [_frames(m, val, priors, val_stride) for m, _, val in split.train]
-    type_names = sorted({t for m, _, _ in split.train for t in m.types})
-    masses = {t: float(mass) for m, _, _ in split.train for t, mass in zip(m.types, m.dataset.mapping.masses_amu)}
+    type_names, masses = type_table(split)
     energy_scale = float(np.std(np.concatenate([f.reshape(-1) for _, f in train_frames]))) * 0.1
-    model = TypedCGModule(type_names, [masses[t] for t in type_names], priors, network_config, energy_scale)
+    model = TypedCGModule(type_names, masses, priors, network_config, energy_scale)
     collate = GraphCollate([_types_tensor(m, type_names) for m, _, _ in split.train])
     opt = config.training
     task = ForceMatching(model, opt.learning_rate, opt.weight_decay, opt.lr_factor, opt.lr_patience,
@@ -267,10 +273,8 @@ def load_trained_typed(run_dir: Path, config: TrainConfig, checkpoint_path: Path
     molecules = load_molecules(config.data.paths())
     split = split_molecules(molecules, config)
     priors = TypedPriors.from_dict(json.loads((run_dir / "priors.json").read_text()))
-    type_names = sorted({t for m, _, _ in split.train for t in m.types})
-    masses = {t: float(mass) for m, _, _ in split.train for t, mass in zip(m.types, m.dataset.mapping.masses_amu)}
-    model = load_checkpoint(TypedCGModule(type_names, [masses[t] for t in type_names], priors,
-                                           config.model.network()), checkpoint_path)
+    type_names, masses = type_table(split)
+    model = load_checkpoint(TypedCGModule(type_names, masses, priors, config.model.network()), checkpoint_path)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return TrainedModel(model, typed_metadata(model, config, molecules, split, summary), summary, run_dir)
