@@ -17,8 +17,9 @@ def _reference(args):
         config = ReferenceConfig(**yaml.safe_load(Path(args.config).read_text()))
     else:
         config = ReferenceConfig(
-            testsystem=None if (args.pdb or args.prmtop) else args.testsystem, pdb=args.pdb, prmtop=args.prmtop,
-            forcefield=args.forcefield, temperature_K=args.temperature, timestep_ps=args.timestep,
+            testsystem=None if (args.pdb or args.prmtop or args.sequence) else args.testsystem, sequence=args.sequence,
+            pdb=args.pdb, prmtop=args.prmtop, forcefield=args.forcefield, hydrogen_mass_amu=args.hydrogen_mass,
+            temperature_K=args.temperature, timestep_ps=args.timestep,
             friction_per_ps=args.friction, constraints=args.constraints, save_interval_steps=args.save_interval_steps,
             frames_per_seed=args.frames_per_seed, equilibration_steps=args.equilibration_steps, seeds=args.seeds,
             platform=args.platform, threads_per_seed=args.threads_per_seed,
@@ -115,9 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a reference YAML (ReferenceConfig fields, e.g. openmm_cg/configs/"
                                     "polymer_reference.yaml); replaces the options below")
     p.add_argument("--testsystem", default="AlanineDipeptideImplicit", help="an openmmtools.testsystems name")
-    p.add_argument("--pdb", help="a PDB file (with --forcefield, or starting coordinates for --prmtop)")
+    p.add_argument("--sequence", help="a capped peptide (ACE-...-NME) built from its sequence: one-letter (AY) or "
+                                      "three-letter codes (ALA-TYR); with --forcefield")
+    p.add_argument("--pdb", help="a PDB file (with --forcefield; missing hydrogens are added), or starting "
+                                 "coordinates for --prmtop")
     p.add_argument("--prmtop", help="an Amber prmtop (implicit solvent OBC2)")
-    p.add_argument("--forcefield", nargs="+", default=["amber14-all.xml", "implicit/obc2.xml"])
+    p.add_argument("--forcefield", nargs="+", default=["amber14-all.xml", "implicit/gbn2.xml"],
+                   help="OpenMM force field files for --sequence and --pdb (default: amber14 + GBn2 implicit solvent)")
+    p.add_argument("--hydrogen-mass", type=float, default=None,
+                   help="amu: hydrogen mass repartitioning for --sequence/--pdb (3 allows --timestep 0.004)")
     p.add_argument("--temperature", type=float, default=300.0, help="K")
     p.add_argument("--timestep", type=float, default=0.002, help="ps")
     p.add_argument("--friction", type=float, default=1.0, help="1/ps")

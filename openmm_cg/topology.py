@@ -75,3 +75,25 @@ def bead_type_keys(topology) -> List[str]:
     of an ``openmm.app.Topology`` or an mdtraj ``Topology``."""
     atoms = topology.atoms() if callable(topology.atoms) else topology.atoms
     return [f"{atom.residue.name}:{atom.name}" for atom in atoms]
+
+
+ANY_RESIDUE = "*"
+
+
+def resolve_bead_types(keys: List[str], type_names) -> tuple:
+    """Each bead's type among ``type_names``, from its key ``"RESNAME:BEADNAME"``: the type of that exact key, else
+    the type ``"*:BEADNAME"`` (the bead name in any residue without a type of its own). Returns (types, the keys
+    that resolve to no type, sorted)."""
+    known = set(type_names)
+    types, unknown = [], set()
+    for key in keys:
+        bead = key.split(":", 1)[-1]
+        generic = f"{ANY_RESIDUE}:{bead}"
+        if key in known:
+            types.append(key)
+        elif generic in known:
+            types.append(generic)
+        else:
+            types.append(None)
+            unknown.add(key)
+    return types, sorted(unknown)

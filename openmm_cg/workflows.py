@@ -37,6 +37,13 @@ def map_reference(reference_dir, mapping, out, overwrite: bool = False):
     return dataset
 
 
+def reference_dataset(config, reference_dir, mapping, out, workers: Optional[int] = None):
+    """All-atom reference MD (resumable, in ``reference_dir``) mapped to the CG dataset ``out``; returns the
+    dataset. The dataset is written once the reference is complete, replacing an older one."""
+    reference(config, reference_dir, workers=workers)
+    return map_reference(reference_dir, mapping, out, overwrite=True)
+
+
 def train(config, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Force matching in the run folder ``config.output``, then its model file ``model.pt``; returns the summary
     with the model's path."""

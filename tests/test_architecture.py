@@ -15,7 +15,7 @@ PACKAGE = ROOT / "openmm_cg"
 # own stage and the stages before it.
 STAGES = [
     ("units/io", ["_version", "_runtime", "errors", "units", "outputs", "geometry", "topology", "machine"]),
-    ("reference data", ["data.reference", "data.polymers"]),
+    ("reference data", ["data.reference", "data.polymers", "data.peptides"]),
     ("mapping", ["mapping", "dynamics.clustering"]),
     ("datasets", ["data.datasets", "dynamics.data"]),
     ("priors", ["priors"]),

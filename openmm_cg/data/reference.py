@@ -43,12 +43,19 @@ _CONSTRAINTS = {"none": None, "hbonds": app.HBonds, "allbonds": app.AllBonds, "h
 
 @dataclass
 class ReferenceConfig:
-    """How to run the fine-level reference. Give one source: ``testsystem``, ``pdb`` (+ force field) or
-    ``prmtop`` (+ pdb), or ``polymers`` (a bead-spring chain set, ``openmm_cg.data.polymers``)."""
+    """How to run the fine-level reference. Give one source: ``testsystem``, ``sequence`` (a capped peptide built
+    by ``openmm_cg.data.peptides``), ``pdb`` (+ force field; missing hydrogens are added) or ``prmtop`` (+ pdb), or
+    ``polymers`` (a bead-spring chain set, ``openmm_cg.data.polymers``).
+
+    ``hydrogen_mass_amu`` repartitions mass from each heavy atom to its hydrogens (OpenMM's ``hydrogenMass``), which
+    allows 4 fs steps with ``constraints="HBonds"``: masses do not enter the potential, so forces and the equilibrium
+    distribution of positions are unchanged (dynamics, and so time correlations, are not)."""
 
     testsystem: Optional[str] = "AlanineDipeptideImplicit"
+    sequence: Optional[str] = None
     pdb: Optional[str] = None
-    forcefield: List[str] = field(default_factory=lambda: ["amber14-all.xml", "implicit/obc2.xml"])
+    forcefield: List[str] = field(default_factory=lambda: ["amber14-all.xml", "implicit/gbn2.xml"])
+    hydrogen_mass_amu: Optional[float] = None
     prmtop: Optional[str] = None
     temperature_K: float = 300.0
     timestep_ps: float = 0.002
@@ -67,9 +74,20 @@ class ReferenceConfig:
     polymers: Optional[dict] = None  # PolymerSetConfig fields; set testsystem to None with it
 
     def validate(self) -> None:
-        sources = [self.testsystem is not None, self.pdb is not None or self.prmtop is not None, self.polymers is not None]
+        sources = [self.testsystem is not None, self.sequence is not None,
+                   self.pdb is not None or self.prmtop is not None, self.polymers is not None]
         if sum(sources) != 1:
-            raise InputError("give exactly one source: a testsystem name, a PDB (+ force field) / prmtop, or polymers")
+            raise InputError("give exactly one source: a testsystem name, a peptide sequence, a PDB (+ force field) / "
+                             "prmtop, or polymers")
+        if self.sequence is not None:
+            from .peptides import parse_sequence
+
+            parse_sequence(self.sequence)
+        if self.hydrogen_mass_amu is not None and not (self.sequence is not None or self.pdb is not None) \
+                or self.prmtop is not None and self.hydrogen_mass_amu is not None:
+            raise InputError("hydrogen_mass_amu applies to sequence and PDB (+ force field) sources only")
+        if self.hydrogen_mass_amu is not None and not 1.0 <= self.hydrogen_mass_amu <= 5.0:
+            raise InputError(f"hydrogen_mass_amu {self.hydrogen_mass_amu} is outside 1-5 amu")
         if self.polymers is not None:
             from .polymers import polymer_set_from_dict
 
@@ -81,6 +99,9 @@ class ReferenceConfig:
                 f"timestep {self.timestep_ps} ps without constraints is unstable for bonds to hydrogen; "
                 "use at most 0.001 ps or constraints='HBonds'"
             )
+        if self.timestep_ps > 0.0025 and self.polymers is None and (self.hydrogen_mass_amu or 1.0) < 3.0:
+            raise InputError(f"timestep {self.timestep_ps} ps needs hydrogen mass repartitioning: set "
+                             "hydrogen_mass_amu to at least 3 (with constraints='HBonds'), or use at most 0.002 ps")
         if self.temperature_K <= 0 or self.timestep_ps <= 0 or self.save_interval_steps < 1:
             raise InputError("temperature, timestep and save interval must be positive")
         if len(set(self.seeds)) != len(self.seeds):
@@ -97,6 +118,10 @@ class ReferenceConfig:
             return "openmm_cg.data.polymers:" + json.dumps(self.polymers, sort_keys=True)
         if self.testsystem:
             return f"openmmtools.testsystems.{self.testsystem}"
+        if self.sequence is not None:
+            from .peptides import parse_sequence
+
+            return f"sequence:ACE-{'-'.join(parse_sequence(self.sequence))}-NME forcefield:{','.join(self.forcefield)}"
         if self.prmtop:
             return f"prmtop:{self.prmtop}"
         return f"pdb:{self.pdb} forcefield:{','.join(self.forcefield)}"
@@ -127,10 +152,18 @@ def build_system(config: ReferenceConfig):
         system = prmtop.createSystem(nonbondedMethod=app.NoCutoff, constraints=constraints, implicitSolvent=app.OBC2)
         topology, positions = prmtop.topology, pdb.positions
     else:
-        pdb = app.PDBFile(config.pdb)
+        from .peptides import add_hydrogens, build_peptide
+
+        if config.sequence is not None:
+            topology, positions = build_peptide(config.sequence, config.forcefield)
+        else:
+            pdb = app.PDBFile(config.pdb)
+            topology, positions = add_hydrogens(pdb.topology, pdb.positions, config.forcefield)
+        positions = unit.Quantity(positions, unit.nanometer)
         forcefield = app.ForceField(*config.forcefield)
-        system = forcefield.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=constraints)
-        topology, positions = pdb.topology, pdb.positions
+        hydrogen_mass = None if config.hydrogen_mass_amu is None else config.hydrogen_mass_amu * unit.amu
+        system = forcefield.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=constraints,
+                                         hydrogenMass=hydrogen_mass)
     positions_nm = np.array(positions.value_in_unit(unit.nanometer), dtype=np.float64)
     if system.getNumParticles() != topology.getNumAtoms() or len(positions_nm) != topology.getNumAtoms():
         raise InputError(
@@ -149,6 +182,7 @@ def _metadata(config: ReferenceConfig, seed: int, system, topology) -> dict:
         "timestep_ps": config.timestep_ps,
         "friction_per_ps": config.friction_per_ps,
         "constraints": config.constraints,
+        "hydrogen_mass_amu": config.hydrogen_mass_amu,
         "n_constraints": system.getNumConstraints(),
         "save_interval_steps": config.save_interval_steps,
         "save_interval_ps": config.save_interval_ps,
@@ -176,7 +210,7 @@ def _polymer_description(options: dict) -> dict:
 
 # Keys that must agree between an existing file and the config that resumes it.
 _RESUME_KEYS = ("source", "temperature_K", "timestep_ps", "friction_per_ps", "constraints",
-                "save_interval_steps", "seed", "n_atoms", "pressure_bar")
+                "save_interval_steps", "seed", "n_atoms", "pressure_bar", "hydrogen_mass_amu")
 
 
 def seed_path(out_dir, seed: int) -> Path:

@@ -162,13 +162,15 @@ def build_mapping(
     masses_amu: Optional[Sequence[float]] = None,
     aggregate_hydrogens: bool = True,
     atom_masses_amu: Optional[Sequence[float]] = None,
+    type_names: Optional[Sequence[str]] = None,
 ) -> CGMapping:
     """Build a CG map from one mdtraj selection string (or atom index list) per bead.
 
     ``method``: "slice" (each selection picks exactly one atom), "com" (centre of mass) or "cog"
     (centre of geometry). ``masses_amu`` defaults to the sum of the masses of each bead's force group
     (for slices: the atom plus its aggregated hydrogens). ``bead_types`` defaults to one type per
-    distinct (residue name, bead name) pair. ``atom_masses_amu`` replaces the element masses (particles
+    distinct (residue name, bead name) pair, named ``"RESNAME:BEADNAME"``; ``type_names`` names the types of given
+    ``bead_types`` (default ``"type0"``, ...). ``atom_masses_amu`` replaces the element masses (particles
     without an element, such as the monomers of a bead-spring model, take their System's masses).
     """
     if method not in METHODS:
@@ -232,7 +234,10 @@ def build_mapping(
         bead_types = [int(t) for t in bead_types]
         if len(bead_types) != len(groups) or min(bead_types) < 0:
             raise InputError("bead_types needs one non-negative integer per bead")
-        type_names = [f"type{t}" for t in range(max(bead_types) + 1)]
+        n_types = max(bead_types) + 1
+        type_names = list(type_names) if type_names is not None else [f"type{t}" for t in range(n_types)]
+        if len(type_names) < n_types or len(set(type_names)) != len(type_names):
+            raise InputError(f"type_names needs {n_types} distinct names, got {type_names}")
     if masses_amu is None:
         masses = force_weights @ atom_masses
     else:
@@ -323,6 +328,50 @@ def alanine_dipeptide_mapping(topology) -> CGMapping:
     return build_mapping(topology, ALANINE_DIPEPTIDE_BACKBONE_CB, "slice")
 
 
+PROTEIN_BACKBONE_BEADS = ("N", "CA", "C", "CB")
+CAP_BEADS = {"ACE": (("CH3", "CH3"), ("C", "C")), "NME": (("N", "N"), ("C", "CH3"))}  # (atom, bead name)
+# Bead types shared by every residue: the backbone N, CA and C (the acetyl C and N-methyl N included), except
+# where the chemistry differs: glycine's CA (two hydrogens, no side chain) and proline's N (no hydrogen, in a
+# ring). Every CB has its residue's type. Prior term classes of a new combination of known residues are then
+# known classes, which is what lets one model bind to sequences it never saw.
+RESIDUE_SPECIFIC_BACKBONE = {("GLY", "CA"), ("PRO", "N")}
+
+
+def protein_backbone_mapping(topology) -> CGMapping:
+    """Capped peptides and proteins: N, CA, C of every residue and CB of every residue but glycine, as slices
+    (each bead at its atom, with its hydrogens' forces), plus the acetyl CH3 and C and the N-methyl N and CH3.
+    Backbone phi/psi stay defined for every residue, and the CG topology keeps residue names and numbers, so
+    ``mdtraj.compute_phi``/``compute_psi`` work on CG trajectories. Bead types: ``*:N``, ``*:CA``, ``*:C`` for
+    the backbone (``GLY:CA`` and ``PRO:N`` their own), ``RESNAME:CB`` per residue, ``ACE:CH3`` and ``NME:CH3``."""
+    from ..data.peptides import RESIDUE_ALIASES, SIDE_CHAIN_HEAVY_ATOMS
+
+    md_top = _as_mdtraj(topology)
+    selections, names, type_keys = [], [], []
+    for residue in md_top.residues:
+        atoms = {atom.name: atom.index for atom in residue.atoms}
+        name = RESIDUE_ALIASES.get(residue.name, residue.name)
+        if name in CAP_BEADS:
+            wanted = CAP_BEADS[name]
+        elif name in SIDE_CHAIN_HEAVY_ATOMS:
+            wanted = [(bead, bead) for bead in PROTEIN_BACKBONE_BEADS if not (bead == "CB" and name == "GLY")]
+        else:
+            raise InputError(f"residue {residue} is neither an amino acid nor an ACE/NME cap: the protein backbone "
+                             "mapping covers capped peptides and proteins only")
+        absent = [atom for atom, _ in wanted if atom not in atoms]
+        if absent:
+            hint = " (only glycine has no CB)" if "CB" in absent else ""
+            raise InputError(f"residue {residue} has no atom {', '.join(absent)}{hint}: the protein backbone mapping "
+                             "needs it; rebuild missing heavy atoms first (e.g. PDBFixer)")
+        for atom, bead in wanted:
+            selections.append([atoms[atom]])
+            names.append(bead)
+            generic = bead in ("N", "CA", "C") and (name, bead) not in RESIDUE_SPECIFIC_BACKBONE
+            type_keys.append(f"*:{bead}" if generic else f"{residue.name}:{bead}")
+    distinct = list(dict.fromkeys(type_keys))
+    return build_mapping(topology, selections, "slice", bead_names=names,
+                         bead_types=[distinct.index(key) for key in type_keys], type_names=distinct)
+
+
 def molecule_com_mapping(topology) -> CGMapping:
     """One bead per molecule at its centre of mass, every atom's force summed into its molecule's bead.
 
@@ -364,7 +413,8 @@ def repeat_unit(mapping: CGMapping) -> dict:
 
 
 # The named mappings: name -> a function of the all-atom topology.
-MAPPINGS = {"alanine_dipeptide": alanine_dipeptide_mapping, "molecule_com": molecule_com_mapping}
+MAPPINGS = {"alanine_dipeptide": alanine_dipeptide_mapping, "molecule_com": molecule_com_mapping,
+            "protein_backbone": protein_backbone_mapping}
 
 
 def mapping_from_spec(topology, spec) -> CGMapping:

@@ -24,7 +24,7 @@ from ..geometry import SmoothCutoff
 from ..priors.graph import close_pairs, molecule_index
 from ..priors.terms import PriorEnergy
 from ..priors.typed import TypedPriors, unique_bonds
-from ..topology import bead_type_keys, topology_from_dict
+from ..topology import bead_type_keys, resolve_bead_types, topology_from_dict
 from .kinds import ModelKind, PotentialModule
 from .neighbors import neighbor_pairs, open_neighbor_pairs
 from .networks import NetworkConfig, build_network, describe_network, network_config_of
@@ -91,11 +91,11 @@ class BoundCGModule(PotentialModule):
         super().__init__()
         type_names = list(typed["type_names"])
         topology = topology_from_dict(topology_dict)
-        types = bead_type_keys(topology)
-        unknown = sorted(set(types) - set(type_names))
+        types, unknown = resolve_bead_types(bead_type_keys(topology), type_names)
         if unknown:
             raise ModelFileError(f"the topology has bead types the model has never seen: {', '.join(unknown)} "
-                                 f"(types are RESIDUE:BEAD keys; the model knows {', '.join(type_names)})")
+                                 f"(types are RESIDUE:BEAD keys, *:BEAD for a bead in any residue; the model knows "
+                                 f"{', '.join(type_names)})")
         if not types:
             raise ModelFileError("the topology has no beads")
         bonds = unique_bonds(topology_dict["bonds"])

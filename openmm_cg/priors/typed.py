@@ -243,8 +243,8 @@ class MoleculeSamples:
 def fit_typed_priors(molecules: Sequence[MoleculeSamples], temperature_K: float, rules: TermRules,
                      cutoff_nm: float) -> TypedPriors:
     """Fit every class by Boltzmann inversion (with the Jacobians of ``fit.fit_priors``) of the coordinates of all
-    molecules that have a term of that class, pooled; like-type repulsions missing from the data stay missing,
-    unlike-type ones come from the combining rule where both like-type constants exist."""
+    molecules that have a term of that class, pooled; repulsions missing from the data come from the combining rule
+    where the fitted ones determine it (``_combine_repulsion``), and stay missing elsewhere."""
     if not molecules:
         raise InputError("no molecules to fit priors to")
     kT = kT_kJ_per_mol(temperature_K)
@@ -287,14 +287,33 @@ def fit_typed_priors(molecules: Sequence[MoleculeSamples], temperature_K: float,
 
 
 def _combine_repulsion(priors: TypedPriors) -> None:
-    """Unlike-type repulsions the data never showed: c_ab = sqrt(c_aa c_bb)."""
-    like = {key[0]: c for key, c in priors.repulsion.items() if key[0] == key[1]}
-    names = sorted(like)
+    """Repulsions of type pairs the data never showed, from the combining rule c_ab = exp(s_a + s_b), with the
+    per-type s fitted by least squares to the log of every fitted constant. With like-type constants alone this
+    is the geometric mean sqrt(c_aa c_bb); unlike-type constants also count, so a pair of types that never met
+    like with like (two side chains each seen once per molecule) still gets a constant. A pair is set only where
+    the fitted constants determine s_a + s_b (its row lies in the span of theirs); others stay missing."""
+    fitted = {key: c for key, c in priors.repulsion.items() if c > 0}
+    names = sorted({name for key in fitted for name in key})
+    if not names:
+        return
+    column = {name: k for k, name in enumerate(names)}
+
+    def row(key):
+        vector = np.zeros(len(names))
+        for name in key:
+            vector[column[name]] += 1.0
+        return vector
+
+    design = np.array([row(key) for key in fitted])
+    inverse = np.linalg.pinv(design)
+    s = inverse @ np.log(np.array(list(fitted.values())))
+    projector = inverse @ design  # onto the span of the fitted rows
     for a_pos, a in enumerate(names):
-        for b in names[a_pos + 1:]:
+        for b in names[a_pos:]:
             key = canonical((a, b))
-            if key not in priors.repulsion:
-                priors.repulsion[key] = _f32(float(np.sqrt(like[a] * like[b])))
+            vector = row(key)
+            if key not in priors.repulsion and np.abs(projector @ vector - vector).max() < 1e-8:
+                priors.repulsion[key] = _f32(float(np.exp(vector @ s)))
                 priors.combined_repulsion.append(key)
 
 

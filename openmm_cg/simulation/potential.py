@@ -23,7 +23,8 @@ from ..nn.kinds import file_metadata, kind_of
 from ..nn.periodic import TEMPERATURE_PARAMETER
 from ..priors.terms import PriorParameters, openmm_prior_forces
 from ..priors.typed import TypedPriors, openmm_typed_prior_forces, unique_bonds
-from ..topology import bead_type_keys, bonds_array, replicate_topology, topology_from_dict, topology_to_dict
+from ..topology import (bead_type_keys, bonds_array, replicate_topology, resolve_bead_types, topology_from_dict,
+                        topology_to_dict)
 
 # Shipped models are package data: the catalog lists each one with its model card.
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
@@ -237,8 +238,9 @@ class CGPotential:
         if self.kind == "bound":
             typed = self.metadata["typed_model"]
             topology = topology_from_dict(self.metadata["cg_topology"])
+            types = resolve_bead_types(bead_type_keys(topology), typed["type_names"])[0]
             return openmm_typed_prior_forces(TypedPriors.from_dict(typed["typed_priors"]), typed["type_names"],
-                                             bead_type_keys(topology), np.asarray(self.metadata["cg_topology"]["bonds"]),
+                                             types, np.asarray(self.metadata["cg_topology"]["bonds"]),
                                              self.periodic, bool(self.metadata.get("intermolecular", True)))
         return openmm_prior_forces(PriorParameters.from_dict(self.metadata["priors"]), self.n_beads, n_replicas)
 

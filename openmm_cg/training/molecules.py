@@ -25,7 +25,7 @@ from ..nn.potential import all_pairs
 from ..nn.typed import TypedCGModule
 from ..outputs import RunFolder
 from ..priors.typed import MoleculeSamples, TermRules, TypedPriors, fit_typed_priors
-from ..topology import bead_type_keys
+from ..topology import bead_type_keys, resolve_bead_types
 from .config import TrainConfig
 from .lightning import fit, lightning, loader, make_trainer
 from .matching import RESUMABLE_CHANGES, ForceMatching, Throughput, TrainedModel, load_checkpoint, prior_forces
@@ -49,9 +49,8 @@ def load_molecules(paths: List[str]) -> List[Molecule]:
         if dataset.periodic:
             raise InputError(f"{path} is periodic: typed models are trained on molecules without a box (they bind to "
                              "periodic topologies afterwards)")
-        mapping = dataset.mapping
-        molecules.append(Molecule(Path(path).stem, str(path), dataset, bead_type_keys(mapping.cg_topology),
-                                  np.asarray(mapping.cg_bonds, dtype=np.int64).reshape(-1, 2)))
+        molecules.append(Molecule(Path(path).stem, str(path), dataset, _bead_types(dataset.mapping, path),
+                                  np.asarray(dataset.mapping.cg_bonds, dtype=np.int64).reshape(-1, 2)))
     names = [m.name for m in molecules]
     if len(set(names)) != len(names):
         raise InputError(f"two datasets share a file name ({names}): a molecule is named by its dataset's file name")
@@ -61,6 +60,21 @@ def load_molecules(paths: List[str]) -> List[Molecule]:
                          "point: train one model per temperature (a typed model takes no temperature input)")
     _check_type_definitions(molecules)
     return molecules
+
+
+def _bead_types(mapping, path) -> List[str]:
+    """The mapping's type of every bead, which must be the type a bound model finds from the bead's RESIDUE:BEAD
+    key (``topology.resolve_bead_types``): otherwise the model would be trained on one typing and bound with
+    another."""
+    types = [mapping.type_names[t] for t in mapping.bead_types]
+    keys = bead_type_keys(mapping.cg_topology)
+    resolved = resolve_bead_types(keys, set(types))[0]
+    wrong = sorted({f"{key} ({t})" for key, t, r in zip(keys, types, resolved) if t != r})
+    if wrong:
+        raise InputError(f"{path}: the mapping's type names are not what the beads' RESIDUE:BEAD keys resolve to "
+                         f"({', '.join(wrong[:10])}): a typed model needs types named by RESIDUE:BEAD keys, or *:BEAD "
+                         "for a bead in any residue")
+    return types
 
 
 def _check_type_definitions(molecules: List[Molecule]) -> None:
