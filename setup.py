@@ -27,6 +27,7 @@ setup(
         "lightning>=2.2",
         "pyyaml>=6.0",
         "tqdm>=4.60",
+        "PeptideBuilder>=1.1",  # peptide geometry from a sequence (openmm_cg.data.peptides); brings Biopython
     ],
     # hippynn: the reference HIP-NN-TS implementation, compared against ours in the tests; wheel: the test that
     # builds the wheel and checks that the shipped models are in it.

@@ -9,6 +9,20 @@ Stages, each resumable (finished outputs are kept; re-running continues):
    benchmarks/data/peptides/<SEQUENCE>.h5 (float32, gzip), listed with its SHA-256 in manifest.json there.
    These files are committed: later stages start from them, and a fresh machine reruns everything after
    this stage without any all-atom MD.
+2. transferable: one typed CGSchNet trained on every single residue and training dipeptide (the held-out
+   dipeptides are listed in the dataset list as held out: kept out of priors, training and validation).
+3. dedicated: for each held-out dipeptide, a CGSchNet of the same size trained on that molecule alone (the
+   one-molecule workflow, model format 1).
+4. priors_only: the transferable model's priors without its network.
+5. simulate: every held-out molecule with every model: replicas that do not interact, Langevin at the
+   reference temperature, started from frames of the molecule's mapped reference.
+6. evaluate: for each held-out molecule and each residue, the Ramachandran (phi, psi) Jensen-Shannon divergence
+   of each model against the molecule's own all-atom reference, the reference's split-half divergence (its
+   noise floor: two of its four trajectories against the other two) and the basin populations; the targets:
+   the transferable model's median JS over the held-out residues at most 1.5x the dedicated models' median, and
+   its JS (mean over the molecule's residues) below the priors-only model's on every held-out molecule.
+   Writes benchmarks/results/peptide_transferability.json and peptide_fes.png (all-atom vs CG for each
+   held-out molecule).
 """
 import argparse
 import json
@@ -25,11 +39,30 @@ DATA = HERE / "data" / "peptides"
 MANIFEST = "manifest.json"
 
 
+MODELS = ("transferable", "dedicated", "priors_only")
+STAGES = ("data", "transferable", "dedicated", "priors_only", "simulate", "evaluate")
+TARGET_MEDIAN_JS_RATIO = 1.5
+
+
 def load_config(path: Path = CONFIG) -> dict:
+    """The study's config, refused when the held-out molecules are not new combinations of training residues."""
+    from openmm_cg.data.peptides import parse_sequence
+
     config = yaml.safe_load(Path(path).read_text())
     molecules = all_molecules(config)
     if len(set(molecules)) != len(molecules):
         raise SystemExit(f"{path}: a sequence is listed twice")
+    training = config["single_residues"] + config["training_dipeptides"]
+    known = {residue for sequence in training for residue in parse_sequence(sequence)}
+    neighbours = {pair for sequence in training for pair in zip(sequence, sequence[1:])}  # one-letter sequences
+    seen_pairs = neighbours | {(b, a) for a, b in neighbours}
+    for sequence in config["held_out_dipeptides"]:
+        unknown = sorted(set(parse_sequence(sequence)) - known)
+        if unknown:
+            raise SystemExit(f"{path}: held-out {sequence} has residues no training molecule has: {unknown}")
+        repeated = [a + b for a, b in zip(sequence, sequence[1:]) if (a, b) in seen_pairs]
+        if repeated:
+            raise SystemExit(f"{path}: held-out {sequence} repeats the neighbours {repeated} of a training molecule")
     return config
 
 
@@ -96,16 +129,190 @@ def stage_data(config: dict, work: Path, data_dir: Path, workers=None) -> dict:
     return manifest
 
 
+def dataset_paths(config: dict, data_dir: Path, sequences) -> list:
+    paths = [data_dir / f"{sequence}.h5" for sequence in sequences]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise SystemExit(f"{data_dir} lacks {missing}: run the data stage first (--stage data)")
+    return paths
+
+
+def train_config(config: dict, output: Path, datasets: list, held_out: list, typed: bool, minutes: float):
+    from openmm_cg.training.config import config_from_dict
+
+    return config_from_dict({
+        "seed": config["seed"], "output": str(output),
+        "data": {"dataset": [str(p) for p in datasets], "validation_fraction": config["validation_fraction"],
+                 "held_out_molecules": held_out},
+        "priors": config["priors"], "model": dict(config["model"], typed=typed),
+        "training": dict(config["training"], max_time_minutes=minutes)})
+
+
+def train_once(train_settings) -> Path:
+    """The model file of a training run, trained (or continued from its last checkpoint) unless it exists."""
+    from openmm_cg import workflows
+
+    output = Path(train_settings.output)
+    model = output / "model.pt"
+    if not model.is_file():
+        workflows.train(train_settings, resume=(output / "checkpoints" / "last.ckpt").exists())
+    return model
+
+
+def model_path(work: Path, model: str, sequence: str) -> Path:
+    return {"transferable": work / "transferable" / "model.pt", "dedicated": work / "dedicated" / sequence / "model.pt",
+            "priors_only": work / "priors_only.pt"}[model]
+
+
+def stage_transferable(config: dict, work: Path, data_dir: Path) -> Path:
+    datasets = dataset_paths(config, data_dir, all_molecules(config))
+    return train_once(train_config(config, work / "transferable", datasets, config["held_out_dipeptides"], True,
+                                   config["training"]["max_time_minutes"]))
+
+
+def stage_dedicated(config: dict, work: Path, data_dir: Path) -> None:
+    for sequence in config["held_out_dipeptides"]:
+        datasets = dataset_paths(config, data_dir, [sequence])
+        train_once(train_config(config, work / "dedicated" / sequence, datasets, [], False,
+                                config["dedicated_max_time_minutes"]))
+
+
+def stage_priors_only(config: dict, work: Path) -> None:
+    from openmm_cg import workflows
+
+    path = model_path(work, "priors_only", "")
+    if not path.is_file():
+        workflows.priors_only_model(model_path(work, "transferable", ""), path)
+
+
+def simulation_config(config: dict):
+    from openmm_cg.simulation.run import SimulationConfig
+
+    settings = {k: v for k, v in config["simulation"].items() if k != "replicas"}
+    return SimulationConfig(platform="CPU", seed=config["seed"], **settings)
+
+
+def stage_simulate(config: dict, work: Path, data_dir: Path) -> dict:
+    """Every held-out molecule with every model; a run that blows up is recorded (with its step) and the study
+    goes on: its Ramachandran map counts as maximally wrong."""
+    from openmm_cg import workflows
+    from openmm_cg.errors import SimulationBlowUpError
+
+    failures = {}
+    for sequence in config["held_out_dipeptides"]:
+        for model in MODELS:
+            try:
+                workflows.simulate(model_path(work, model, sequence), simulation_config(config),
+                                   work / "simulations" / model / sequence, init=data_dir / f"{sequence}.h5",
+                                   replicas=config["simulation"]["replicas"], progress=False)
+            except SimulationBlowUpError as error:
+                failures[f"{model}/{sequence}"] = str(error)
+                print(f"{model} {sequence}: {error}", flush=True)
+    (work / "simulations").mkdir(parents=True, exist_ok=True)
+    (work / "simulations" / "failures.json").write_text(json.dumps(failures, indent=1) + "\n")
+    return failures
+
+
+def stage_evaluate(config: dict, work: Path, data_dir: Path, results: Path) -> dict:
+    import numpy as np
+
+    from openmm_cg.analysis.ramachandran import compare, phi_psi, phi_psi_residues, plot_free_energy_grid
+    from openmm_cg.analysis.report import simulation_phi_psi
+    from openmm_cg.data.datasets import CGDataset
+    from openmm_cg.machine import machine_info
+
+    failures_path = work / "simulations" / "failures.json"
+    failures = json.loads(failures_path.read_text()) if failures_path.is_file() else {}
+    worst = float(np.log(2.0))  # the largest JS divergence: what a run that blew up counts as
+    molecules, rows, titles = {}, [], []
+    for sequence in config["held_out_dipeptides"]:
+        dataset = CGDataset.load(data_dir / f"{sequence}.h5")
+        topology = dataset.mapping.cg_topology
+        entry = {"residues": {}}
+        for k, label in enumerate(phi_psi_residues(topology)):
+            reference = phi_psi(dataset.positions_nm, topology, groups=dataset.trajectory_index, residue=k)
+            residue = {}
+            row, row_titles = [reference], [f"{sequence} {label}: all-atom"]
+            for model in MODELS:
+                if f"{model}/{sequence}" in failures:
+                    residue[model] = {"js_cg_vs_aa": worst, "blew_up": failures[f"{model}/{sequence}"]}
+                    continue
+                angles = simulation_phi_psi([work / "simulations" / model / sequence], topology,
+                                            dataset.mapping.n_beads, residue=k)
+                residue[model] = compare(reference, angles, config["bins"])
+                if model != "priors_only":
+                    row.append(angles)
+                    row_titles.append(f"{sequence} {label}: {model}")
+            residue["js_aa_half_vs_half"] = next((r["js_aa_half_vs_half"] for r in residue.values()
+                                                  if isinstance(r, dict) and "js_aa_half_vs_half" in r), None)
+            entry["residues"][label] = residue
+            rows.append(row)
+            titles.append(row_titles)
+        entry["mean_js"] = {model: float(np.mean([r[model]["js_cg_vs_aa"] for r in entry["residues"].values()]))
+                            for model in MODELS}
+        molecules[sequence] = entry
+
+    def per_residue(model):
+        return [r[model]["js_cg_vs_aa"] for m in molecules.values() for r in m["residues"].values()]
+
+    median = {model: float(np.median(per_residue(model))) for model in MODELS}
+    ratio = median["transferable"] / median["dedicated"]
+    below = {s: m["mean_js"]["transferable"] < m["mean_js"]["priors_only"] for s, m in molecules.items()}
+    manifest = read_manifest(data_dir)["datasets"]
+    summary = json.loads((work / "transferable" / "summary.json").read_text())
+    result = {
+        "machine": machine_info(),
+        "training_sequences": config["single_residues"] + config["training_dipeptides"],
+        "held_out_sequences": config["held_out_dipeptides"],
+        "all_atom_ns_per_molecule": {s: manifest[s]["all_atom_ns"] for s in all_molecules(config)},
+        "all_atom_wall_hours": sum(manifest[s]["wall_seconds"] for s in all_molecules(config)) / 3600.0,
+        "reference": config["reference"],
+        "model": config["model"],
+        "cg_simulation": dict(config["simulation"], ns_per_molecule_and_model=config["simulation"]["replicas"]
+                              * config["simulation"]["n_steps"] * config["simulation"]["timestep_ps"] / 1000.0),
+        "js_divergence_unit": "nats",
+        "bins_per_dimension": config["bins"],
+        "median_js_held_out_residues": median,
+        "median_js_ratio_transferable_over_dedicated": ratio,
+        "target_median_js_ratio_at_most": TARGET_MEDIAN_JS_RATIO,
+        "target_median_js_ratio_met": bool(ratio <= TARGET_MEDIAN_JS_RATIO),
+        "held_out_js_below_priors_only_per_molecule": below,
+        "held_out_js_below_priors_only": bool(all(below.values())),
+        "held_out_force_rmse_kJ_per_mol_nm": summary["held_out_molecules"],
+        "simulation_failures": failures,
+        "molecules": molecules,
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "peptide_transferability.json").write_text(json.dumps(result, indent=1) + "\n")
+    temperature = config["reference"]["temperature_K"]
+    plot_free_energy_grid(rows, titles, temperature, results / "peptide_fes.png", config["bins"])
+    print(json.dumps({k: result[k] for k in ("median_js_held_out_residues", "median_js_ratio_transferable_over_dedicated",
+                                             "held_out_js_below_priors_only_per_molecule")}, indent=1))
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "peptides", help="run folders (not committed)")
     parser.add_argument("--config", type=Path, default=CONFIG)
     parser.add_argument("--data", type=Path, default=DATA, help="the committed CG datasets and their manifest")
-    parser.add_argument("--stage", choices=["data", "all"], default="all")
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--stage", choices=STAGES + ("all",), default="all",
+                        help="one stage, or all of them in order (each skips what is done)")
     parser.add_argument("--workers", type=int, default=None, help="parallel seeds in the all-atom stage")
     args = parser.parse_args(argv)
     config = load_config(args.config)
-    stage_data(config, args.work, args.data, args.workers)
+    run = {
+        "data": lambda: stage_data(config, args.work, args.data, args.workers),
+        "transferable": lambda: stage_transferable(config, args.work, args.data),
+        "dedicated": lambda: stage_dedicated(config, args.work, args.data),
+        "priors_only": lambda: stage_priors_only(config, args.work),
+        "simulate": lambda: stage_simulate(config, args.work, args.data),
+        "evaluate": lambda: stage_evaluate(config, args.work, args.data, args.results),
+    }
+    for stage in STAGES if args.stage == "all" else (args.stage,):
+        print(f"stage {stage}", flush=True)
+        run[stage]()
     return 0
 
 

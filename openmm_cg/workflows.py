@@ -91,14 +91,37 @@ def fit_pair_table(dataset, cutoff_nm: float, out, overwrite: bool = False) -> P
 def simulate(model, config, out, init=None, replicas: int = 1, overwrite: bool = False,
              progress: bool = True, box_vectors_nm=None) -> dict:
     """Langevin dynamics of a model (a file or a shipped name) from ``init`` (a CG dataset, a PDB of the beads,
-    or the model's example structure) in the run folder ``out``; resumable."""
+    or the model's example structure) in the run folder ``out``; resumable. A typed model is bound to ``replicas``
+    non-interacting copies of the molecule of ``init`` (a CG dataset)."""
     from .simulation.potential import CGPotential
-    from .simulation.run import initial_positions, run_simulation
+    from .simulation.run import bind_replicas, initial_positions, run_simulation
 
     potential = CGPotential.load(model)
-    positions = initial_positions(potential, init, replicas, config.seed)
+    if potential.kind == "typed":
+        potential, positions = bind_replicas(potential, init, replicas, config.seed)
+    else:
+        positions = initial_positions(potential, init, replicas, config.seed)
     return run_simulation(potential, positions, config, out, overwrite=overwrite, progress=progress,
                           box_vectors_nm=box_vectors_nm)
+
+
+def priors_only_model(model, out, overwrite: bool = False) -> Path:
+    """The priors of a typed model file without its network, as a typed model file (the baseline that shows
+    what the network adds)."""
+    from .export import read_metadata, save_model
+    from .nn.kinds import file_metadata
+    from .nn.typed import TypedCGModule
+    from .priors.typed import TypedPriors
+
+    metadata = read_metadata(model)
+    if metadata.get("model_kind") != "typed":
+        raise InputError(f"{model} is a {metadata.get('model_kind')} model; priors_only_model takes typed models")
+    module = TypedCGModule(metadata["type_names"], metadata["type_masses_amu"],
+                           TypedPriors.from_dict(metadata["typed_priors"]), None)
+    extra = {"priors_of": {"file": Path(model).name,
+                           "weights_sha256": metadata.get("integrity", {}).get("weights_sha256")}}
+    return save_model(module, file_metadata(module, metadata["temperatures_K"], metadata["training_data_sha256"], extra),
+                      out, metadata.get("dtype", "float32"), overwrite)
 
 
 def analyze(reference_dataset, simulations: Sequence, out, bins: Optional[int] = None, overwrite: bool = False,

@@ -5,7 +5,7 @@ that keeps the backbone atoms' residue and atom names (as the slice maps of this
 reference and the CG model are measured by the same code.
 """
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -24,31 +24,63 @@ class PhiPsi:
     groups: np.ndarray  # independent-sample group of each frame (trajectory or replica)
 
 
-def phi_psi(positions_nm: np.ndarray, topology, groups: Optional[np.ndarray] = None, residue: int = 0) -> PhiPsi:
-    """(phi, psi) of the ``residue``-th defined backbone dihedral pair, for (frames, atoms, 3) positions."""
+def _paired_dihedrals(trajectory):
+    """(residue labels, phi (F, K), psi (F, K)) of the K residues that have both backbone dihedrals, in chain
+    order; phi and psi are paired by the residue of their CA."""
     import mdtraj
 
-    md_top = topology if isinstance(topology, mdtraj.Topology) else mdtraj.Topology.from_openmm(topology)
+    phi_atoms, phi = mdtraj.compute_phi(trajectory)
+    psi_atoms, psi = mdtraj.compute_psi(trajectory)
+    residue_of = {int(trajectory.topology.atom(quad[2]).residue.index): k for k, quad in enumerate(phi_atoms)}
+    labels, phi_columns, psi_columns = [], [], []
+    for k, quad in enumerate(psi_atoms):
+        residue = trajectory.topology.atom(quad[1]).residue
+        if residue.index in residue_of:
+            labels.append(f"{residue.name}{residue.resSeq}")
+            phi_columns.append(residue_of[residue.index])
+            psi_columns.append(k)
+    return labels, phi[:, phi_columns], psi[:, psi_columns]
+
+
+def _md_topology(topology):
+    import mdtraj
+
+    return topology if isinstance(topology, mdtraj.Topology) else mdtraj.Topology.from_openmm(topology)
+
+
+def phi_psi_residues(topology) -> List[str]:
+    """Labels (residue name and number) of the residues with a (phi, psi) pair: ``phi_psi(residue=k)`` is the k-th."""
+    import mdtraj
+
+    md_top = _md_topology(topology)
+    return _paired_dihedrals(mdtraj.Trajectory(np.zeros((1, md_top.n_atoms, 3)), md_top))[0]
+
+
+def phi_psi(positions_nm: np.ndarray, topology, groups: Optional[np.ndarray] = None, residue: int = 0) -> PhiPsi:
+    """(phi, psi) of the ``residue``-th residue with both backbone dihedrals, for (frames, atoms, 3) positions."""
+    import mdtraj
+
+    md_top = _md_topology(topology)
     positions_nm = np.asarray(positions_nm)
     if positions_nm.ndim != 3 or positions_nm.shape[1] != md_top.n_atoms:
         raise InputError(f"positions {positions_nm.shape} do not fit a topology of {md_top.n_atoms} atoms")
-    trajectory = mdtraj.Trajectory(positions_nm, md_top)
-    _, phi = mdtraj.compute_phi(trajectory)
-    _, psi = mdtraj.compute_psi(trajectory)
-    if phi.shape[1] <= residue or psi.shape[1] <= residue:
-        raise InputError("the topology has no backbone phi/psi pair (needs C, N, CA, C, N atom names in residues)")
+    labels, phi, psi = _paired_dihedrals(mdtraj.Trajectory(positions_nm, md_top))
+    if len(labels) <= residue:
+        raise InputError(f"the topology has {len(labels)} residues with a backbone phi/psi pair (needs C, N, CA, C, N "
+                         f"atom names in consecutive residues); residue {residue} was asked for")
     groups = np.zeros(len(positions_nm), dtype=int) if groups is None else np.asarray(groups)
     return PhiPsi(phi[:, residue], psi[:, residue], groups)
 
 
-def replica_phi_psi(positions_nm: np.ndarray, molecule_topology, n_beads: int) -> PhiPsi:
-    """(phi, psi) of every replica in (frames, R*N, 3) CG positions, grouped by replica."""
+def replica_phi_psi(positions_nm: np.ndarray, molecule_topology, n_beads: int, residue: int = 0) -> PhiPsi:
+    """(phi, psi) of the ``residue``-th residue of every replica in (frames, R*N, 3) CG positions, grouped by
+    replica."""
     n_frames, n_total, _ = positions_nm.shape
     if n_total % n_beads:
         raise InputError(f"{n_total} particles are not a multiple of {n_beads} beads")
     n_replicas = n_total // n_beads
     per_replica = positions_nm.reshape(n_frames, n_replicas, n_beads, 3).transpose(1, 0, 2, 3)
-    result = phi_psi(per_replica.reshape(-1, n_beads, 3), molecule_topology)
+    result = phi_psi(per_replica.reshape(-1, n_beads, 3), molecule_topology, residue=residue)
     result.groups = np.repeat(np.arange(n_replicas), n_frames)
     return result
 
@@ -123,26 +155,30 @@ def compare(reference: PhiPsi, model: PhiPsi, bins: int = 60) -> dict:
     }
 
 
-def plot_free_energy_surfaces(surfaces: Sequence, titles: Sequence[str], temperature_K: float, path,
-                              bins: int = 60, vmax_kJ_per_mol: float = 25.0) -> None:
-    """Side-by-side (phi, psi) free-energy surfaces as one PNG."""
+def plot_free_energy_grid(rows: Sequence[Sequence[PhiPsi]], titles: Sequence[Sequence[str]], temperature_K: float,
+                          path, bins: int = 60, vmax_kJ_per_mol: float = 25.0) -> None:
+    """A grid of (phi, psi) free-energy surfaces (one title per panel) as one PNG, on one colour scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(surfaces), figsize=(4.6 * len(surfaces) + 1.0, 4.2), squeeze=False)
+    n_rows, n_columns = len(rows), max(len(row) for row in rows)
+    fig, axes = plt.subplots(n_rows, n_columns, figsize=(4.6 * n_columns + 1.0, 4.2 * n_rows), squeeze=False)
     extent = [-180, 180, -180, 180]
     image = None
-    for ax, angles, title in zip(axes[0], surfaces, titles):
-        energy = free_energy(histogram(angles, bins), temperature_K)
-        image = ax.imshow(energy.T, origin="lower", extent=extent, cmap="viridis", vmin=0, vmax=vmax_kJ_per_mol,
-                          aspect="equal")
-        ax.set_title(title)
-        ax.set_xlabel(r"$\phi$ (deg)")
-        ax.set_ylabel(r"$\psi$ (deg)")
-        ax.set_xticks([-180, -90, 0, 90, 180])
-        ax.set_yticks([-180, -90, 0, 90, 180])
-    fig.colorbar(image, ax=axes[0].tolist(), label="free energy (kJ/mol)", shrink=0.9)
-    fig.savefig(path, dpi=120)
+    for row_axes, row, row_titles in zip(axes, rows, titles):
+        for ax in row_axes[len(row):]:
+            ax.axis("off")
+        for ax, angles, title in zip(row_axes, row, row_titles):
+            energy = free_energy(histogram(angles, bins), temperature_K)
+            image = ax.imshow(energy.T, origin="lower", extent=extent, cmap="viridis", vmin=0, vmax=vmax_kJ_per_mol,
+                              aspect="equal")
+            ax.set_title(title)
+            ax.set_xlabel(r"$\phi$ (deg)")
+            ax.set_ylabel(r"$\psi$ (deg)")
+            ax.set_xticks([-180, -90, 0, 90, 180])
+            ax.set_yticks([-180, -90, 0, 90, 180])
+    fig.colorbar(image, ax=axes.ravel().tolist(), label="free energy (kJ/mol)", shrink=0.9)
+    fig.savefig(path, dpi=120 if n_rows < 4 else 80)
     plt.close(fig)

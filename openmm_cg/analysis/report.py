@@ -11,14 +11,17 @@ from ..outputs import RunFolder
 from ..simulation.trajectory import load_run_frames, run_trajectory_path
 from ..topology import bead_type_keys
 from .liquid import RDF, first_peak, max_rdf_range_nm, partial_rdfs, rdf_error
-from .ramachandran import PhiPsi, compare, phi_psi, plot_free_energy_surfaces, replica_phi_psi
+from .ramachandran import PhiPsi, compare, phi_psi, phi_psi_residues, plot_free_energy_grid, replica_phi_psi
 
 
-def simulation_phi_psi(sim_dirs: Sequence, molecule_topology, n_beads: int, skip_ps: float = 0.0) -> PhiPsi:
+def simulation_phi_psi(sim_dirs: Sequence, molecule_topology, n_beads: int, skip_ps: float = 0.0,
+                       residue: int = 0) -> PhiPsi:
+    """(phi, psi) of the ``residue``-th residue (``ramachandran.phi_psi_residues``) of every replica of every
+    simulation folder, grouped by replica."""
     parts = []
     offset = 0
     for sim_dir in sim_dirs:
-        angles = replica_phi_psi(load_run_frames(sim_dir, skip_ps)[0], molecule_topology, n_beads)
+        angles = replica_phi_psi(load_run_frames(sim_dir, skip_ps)[0], molecule_topology, n_beads, residue)
         angles.groups = angles.groups + offset
         offset = angles.groups.max() + 1
         parts.append(angles)
@@ -35,15 +38,22 @@ def analyze_ramachandran(reference_dataset, sim_dirs: Sequence, out_dir, bins: i
     run = RunFolder.open(out_dir, "analysis", settings,
                          {"reference": reference_dataset}, overwrite=overwrite, resume_hint="choose another folder")
     topology = dataset.mapping.cg_topology
-    reference = phi_psi(dataset.positions_nm, topology, groups=dataset.trajectory_index)
-    model = simulation_phi_psi(sim_dirs, topology, dataset.mapping.n_beads, skip_ps)
-    metrics = compare(reference, model, bins)
+    rows, titles, per_residue = [], [], {}
+    for k, label in enumerate(phi_psi_residues(topology)):
+        reference = phi_psi(dataset.positions_nm, topology, groups=dataset.trajectory_index, residue=k)
+        model = simulation_phi_psi(sim_dirs, topology, dataset.mapping.n_beads, skip_ps, residue=k)
+        per_residue[label] = compare(reference, model, bins)
+        rows.append([reference, model])
+        titles.append([f"{label} all-atom, mapped ({len(reference.phi)} frames)",
+                       f"{label} CG model ({len(model.phi)} frames)"])
+    if not per_residue:
+        raise InputError(f"{reference_dataset}: the CG topology has no residue with a backbone phi/psi pair")
+    # One residue (alanine dipeptide): its metrics at the top level; several: one entry per residue.
+    metrics = next(iter(per_residue.values())) if len(per_residue) == 1 else {"residues": per_residue}
     metrics["temperature_K"] = dataset.temperature_K
     if extra_metrics:
         metrics.update(extra_metrics)
-    plot_free_energy_surfaces([reference, model],
-                              [f"all-atom, mapped ({len(reference.phi)} frames)", f"CG model ({len(model.phi)} frames)"],
-                              dataset.temperature_K, run.file("fes.png"), bins)
+    plot_free_energy_grid(rows, titles, dataset.temperature_K, run.file("fes.png"), bins)
     run.write_json("metrics.json", metrics)
     return metrics
 

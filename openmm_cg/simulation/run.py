@@ -74,14 +74,35 @@ def initial_positions(potential: CGPotential, init, n_replicas: int, seed: int) 
         dataset = CGDataset.load(path)
         if dataset.mapping.n_beads != potential.n_beads:
             raise ModelFileError(f"{path} has {dataset.mapping.n_beads} beads per frame; the model has {potential.n_beads}")
-        frames = np.random.default_rng(seed).choice(dataset.n_frames, size=n_replicas, replace=n_replicas > dataset.n_frames)
-        return dataset.positions_nm[frames].reshape(-1, 3).astype(np.float64)
+        return _dataset_frames(dataset, n_replicas, seed)
     pdb = app.PDBFile(str(path))
     xyz = np.array(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
     if len(xyz) == potential.n_beads:
         return np.tile(xyz, (n_replicas, 1))
     potential.n_replicas_of(pdb.topology)
     return xyz
+
+
+def _dataset_frames(dataset, n_frames: int, seed: int) -> np.ndarray:
+    """(n_frames * N, 3) positions in nm: frames drawn (seeded) from a CG dataset, with replacement only when it
+    has fewer frames."""
+    frames = np.random.default_rng(seed).choice(dataset.n_frames, size=n_frames, replace=n_frames > dataset.n_frames)
+    return dataset.positions_nm[frames].reshape(-1, 3).astype(np.float64)
+
+
+def bind_replicas(potential: CGPotential, init, n_replicas: int, seed: int):
+    """(the typed ``potential`` bound to ``n_replicas`` independent copies of a CG dataset's molecule, their
+    (R*N, 3) starting positions in nm drawn from the dataset's frames). Copies do not interact
+    (``intermolecular=False``), so they may overlap in space."""
+    from ..data.datasets import CGDataset
+    from ..topology import replicate_topology
+
+    if init is None or Path(init).suffix not in (".h5", ".hdf5"):
+        raise InputError(f"{potential.path.name} is a typed model: start it from a CG dataset (.h5) of the molecule "
+                         "to simulate, whose topology it is bound to")
+    dataset = CGDataset.load(init)
+    bound = potential.bind(replicate_topology(dataset.mapping.cg_topology, n_replicas), intermolecular=False)
+    return bound, _dataset_frames(dataset, n_replicas, seed)
 
 
 def kinetic_temperature_K(kinetic_energy_kJ_per_mol: float, n_dof: int) -> float:

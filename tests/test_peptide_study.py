@@ -1,0 +1,72 @@
+"""The peptide transferability study (benchmarks/peptide_transferability.py), every stage on a tiny budget."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import peptide_transferability as study  # noqa: E402
+
+TINY = ROOT / "tests" / "data" / "peptide_study_tiny.yaml"
+
+
+def test_every_stage_on_a_tiny_budget(tmp_path):
+    from openmm_cg.data.datasets import CGDataset
+    from openmm_cg.outputs import sha256_of_file
+
+    work, data, results = tmp_path / "work", tmp_path / "data", tmp_path / "results"
+    arguments = ["--config", str(TINY), "--work", str(work), "--data", str(data), "--results", str(results),
+                 "--workers", "1"]
+    assert study.main(arguments) == 0
+    result = json.loads((results / "peptide_transferability.json").read_text())
+    assert result["training_sequences"] == ["A", "G", "S", "GA", "SA"] and result["held_out_sequences"] == ["GS"]
+    # 4 seeds x 40 frames x 10 steps x 4 fs
+    assert result["all_atom_ns_per_molecule"] == {s: pytest.approx(4 * 40 * 10 * 0.004e-3) for s in
+                                                  ["A", "G", "S", "GA", "SA", "GS"]}
+    residues = result["molecules"]["GS"]["residues"]
+    assert list(residues) == ["GLY2", "SER3"]
+    for residue in residues.values():
+        for model in study.MODELS:
+            assert 0.0 <= residue[model]["js_cg_vs_aa"] <= np.log(2) + 1e-12
+        assert residue["transferable"]["frames"]["cg"] == 2 * 10  # 2 replicas x 100 steps / 10
+        assert sum(residue["transferable"]["basin_populations"]["aa"].values()) == pytest.approx(1.0)
+    median = result["median_js_held_out_residues"]
+    assert result["median_js_ratio_transferable_over_dedicated"] == pytest.approx(
+        median["transferable"] / median["dedicated"])
+    assert result["held_out_js_below_priors_only"] == (
+        result["molecules"]["GS"]["mean_js"]["transferable"] < result["molecules"]["GS"]["mean_js"]["priors_only"])
+    assert "GS" in result["held_out_force_rmse_kJ_per_mol_nm"]
+    assert (results / "peptide_fes.png").stat().st_size > 0
+
+    # The committed form of the data: float32 datasets named in a manifest with their SHA-256.
+    manifest = json.loads((data / "manifest.json").read_text())["datasets"]
+    for sequence, entry in manifest.items():
+        assert entry["sha256"] == sha256_of_file(data / f"{sequence}.h5")
+        dataset = CGDataset.load(data / f"{sequence}.h5")
+        assert dataset.positions_nm.dtype == np.float32 and dataset.forces_kJ_per_mol_nm.dtype == np.float32
+        assert len(dataset.trajectory_names) == 4
+
+    # Everything is done: a second run redoes nothing and gives the same numbers (the all-atom folders can go).
+    for folder in (work / "reference").iterdir():
+        for path in folder.iterdir():
+            path.unlink()
+    assert study.main(arguments) == 0
+    again = json.loads((results / "peptide_transferability.json").read_text())
+    assert again["molecules"] == result["molecules"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"held_out_dipeptides": ["GW"]}, r"residues no training molecule has: \['TRP'\]"),
+    ({"held_out_dipeptides": ["AG"]}, r"repeats the neighbours \['AG'\]"),
+    ({"held_out_dipeptides": ["GA"]}, "listed twice"),
+])
+def test_held_out_molecules_must_be_new_combinations_of_training_residues(tmp_path, change, message):
+    config = yaml.safe_load(TINY.read_text()) | change
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit, match=message):
+        study.load_config(path)
