@@ -8,7 +8,9 @@ Stages, each resumable (finished outputs are kept; re-running continues):
    GBn2 implicit solvent, HMR with 4 fs steps), mapped by the protein backbone mapping to a CG dataset in
    benchmarks/data/peptides/<SEQUENCE>.h5 (float32, gzip), listed with its SHA-256 in manifest.json there.
    These files are committed: later stages start from them, and a fresh machine reruns everything after
-   this stage without any all-atom MD.
+   this stage without any all-atom MD. Later stages keep what they make in the same committed folder too: the
+   model files in models/, and the (phi, psi) of every CG run in angles/ (a few MB; the trajectories stay in
+   --work). A stage whose kept output exists is done.
 2. transferable: one typed CGSchNet trained on every single residue and training dipeptide (the held-out
    dipeptides are listed in the dataset list as held out: kept out of priors, training and validation).
 3. dedicated: for each held-out dipeptide, a CGSchNet of the same size trained on that molecule alone (the
@@ -148,41 +150,51 @@ def train_config(config: dict, output: Path, datasets: list, held_out: list, typ
         "training": dict(config["training"], max_time_minutes=minutes)})
 
 
-def train_once(train_settings) -> Path:
-    """The model file of a training run, trained (or continued from its last checkpoint) unless it exists."""
-    from openmm_cg import workflows
+def model_path(data_dir: Path, model: str, sequence: str = "") -> Path:
+    """Where a study model is kept (committed, with its JSON and weights beside it)."""
+    return data_dir / "models" / {"transferable": "transferable.pt", "dedicated": f"dedicated_{sequence}.pt",
+                                  "priors_only": "priors_only.pt"}[model]
 
+
+def train_once(train_settings, kept: Path) -> Path:
+    """The kept model file of a training run: trained (or continued from its last checkpoint) in the run folder
+    unless it is kept already, then copied with its sidecars."""
+    import shutil
+
+    from openmm_cg import workflows
+    from openmm_cg.export import sidecar_paths
+
+    if kept.is_file():
+        return kept
     output = Path(train_settings.output)
     model = output / "model.pt"
     if not model.is_file():
         workflows.train(train_settings, resume=(output / "checkpoints" / "last.ckpt").exists())
-    return model
-
-
-def model_path(work: Path, model: str, sequence: str) -> Path:
-    return {"transferable": work / "transferable" / "model.pt", "dedicated": work / "dedicated" / sequence / "model.pt",
-            "priors_only": work / "priors_only.pt"}[model]
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    for source, target in zip((model, *sidecar_paths(model)), (kept, *sidecar_paths(kept))):
+        shutil.copyfile(source, target)
+    return kept
 
 
 def stage_transferable(config: dict, work: Path, data_dir: Path) -> Path:
     datasets = dataset_paths(config, data_dir, all_molecules(config))
     return train_once(train_config(config, work / "transferable", datasets, config["held_out_dipeptides"], True,
-                                   config["training"]["max_time_minutes"]))
+                                   config["training"]["max_time_minutes"]), model_path(data_dir, "transferable"))
 
 
 def stage_dedicated(config: dict, work: Path, data_dir: Path) -> None:
     for sequence in config["held_out_dipeptides"]:
         datasets = dataset_paths(config, data_dir, [sequence])
         train_once(train_config(config, work / "dedicated" / sequence, datasets, [], False,
-                                config["dedicated_max_time_minutes"]))
+                                config["dedicated_max_time_minutes"]), model_path(data_dir, "dedicated", sequence))
 
 
-def stage_priors_only(config: dict, work: Path) -> None:
+def stage_priors_only(config: dict, data_dir: Path) -> None:
     from openmm_cg import workflows
 
-    path = model_path(work, "priors_only", "")
+    path = model_path(data_dir, "priors_only")
     if not path.is_file():
-        workflows.priors_only_model(model_path(work, "transferable", ""), path)
+        workflows.priors_only_model(model_path(data_dir, "transferable"), path)
 
 
 def simulation_config(config: dict):
@@ -192,53 +204,82 @@ def simulation_config(config: dict):
     return SimulationConfig(platform="CPU", seed=config["seed"], **settings)
 
 
-def stage_simulate(config: dict, work: Path, data_dir: Path) -> dict:
-    """Every held-out molecule with every model; a run that blows up is recorded (with its step) and the study
-    goes on: its Ramachandran map counts as maximally wrong."""
-    from openmm_cg import workflows
-    from openmm_cg.errors import SimulationBlowUpError
-
-    failures = {}
-    for sequence in config["held_out_dipeptides"]:
-        for model in MODELS:
-            try:
-                workflows.simulate(model_path(work, model, sequence), simulation_config(config),
-                                   work / "simulations" / model / sequence, init=data_dir / f"{sequence}.h5",
-                                   replicas=config["simulation"]["replicas"], progress=False)
-            except SimulationBlowUpError as error:
-                failures[f"{model}/{sequence}"] = str(error)
-                print(f"{model} {sequence}: {error}", flush=True)
-    (work / "simulations").mkdir(parents=True, exist_ok=True)
-    (work / "simulations" / "failures.json").write_text(json.dumps(failures, indent=1) + "\n")
-    return failures
+def angles_path(data_dir: Path, model: str, sequence: str) -> Path:
+    return data_dir / "angles" / f"{model}_{sequence}.npz"
 
 
-def stage_evaluate(config: dict, work: Path, data_dir: Path, results: Path) -> dict:
+def stage_simulate(config: dict, work: Path, data_dir: Path) -> None:
+    """Every held-out molecule with every model, each run kept as the (phi, psi) of every residue and frame (float32)
+    with each frame's replica. A run that blows up is kept as its error (with its step) and the study goes on:
+    its Ramachandran map counts as maximally wrong."""
     import numpy as np
 
-    from openmm_cg.analysis.ramachandran import compare, phi_psi, phi_psi_residues, plot_free_energy_grid
+    from openmm_cg import workflows
+    from openmm_cg.analysis.ramachandran import phi_psi_residues
     from openmm_cg.analysis.report import simulation_phi_psi
     from openmm_cg.data.datasets import CGDataset
-    from openmm_cg.machine import machine_info
+    from openmm_cg.errors import SimulationBlowUpError
+    from openmm_cg.outputs import atomic_path
 
-    failures_path = work / "simulations" / "failures.json"
-    failures = json.loads(failures_path.read_text()) if failures_path.is_file() else {}
-    worst = float(np.log(2.0))  # the largest JS divergence: what a run that blew up counts as
-    molecules, rows, titles = {}, [], []
     for sequence in config["held_out_dipeptides"]:
         dataset = CGDataset.load(data_dir / f"{sequence}.h5")
         topology = dataset.mapping.cg_topology
+        for model in MODELS:
+            kept = angles_path(data_dir, model, sequence)
+            if kept.is_file():
+                continue
+            out = work / "simulations" / model / sequence
+            try:
+                workflows.simulate(model_path(data_dir, model, sequence), simulation_config(config), out,
+                                   init=data_dir / f"{sequence}.h5", replicas=config["simulation"]["replicas"],
+                                   progress=False)
+                residues = phi_psi_residues(topology)
+                angles = [simulation_phi_psi([out], topology, dataset.mapping.n_beads, residue=k)
+                          for k in range(len(residues))]
+                arrays = {"residues": np.array(residues), "groups": angles[0].groups.astype(np.int32),
+                          "phi": np.array([a.phi for a in angles], dtype=np.float32),
+                          "psi": np.array([a.psi for a in angles], dtype=np.float32)}
+            except SimulationBlowUpError as error:
+                arrays = {"blew_up": np.array(str(error))}
+                print(f"{model} {sequence}: {error}", flush=True)
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(kept) as tmp:
+                with open(tmp, "wb") as handle:
+                    np.savez_compressed(handle, **arrays)
+
+
+def stage_evaluate(config: dict, data_dir: Path, results: Path) -> dict:
+    import numpy as np
+
+    from openmm_cg.analysis.ramachandran import PhiPsi, compare, phi_psi, phi_psi_residues, plot_free_energy_grid
+    from openmm_cg.data.datasets import CGDataset
+    from openmm_cg.machine import machine_info
+
+    worst = float(np.log(2.0))  # the largest JS divergence: what a run that blew up counts as
+    molecules, rows, titles, failures = {}, [], [], {}
+    for sequence in config["held_out_dipeptides"]:
+        dataset = CGDataset.load(data_dir / f"{sequence}.h5")
+        topology = dataset.mapping.cg_topology
+        runs = {}
+        for model in MODELS:
+            path = angles_path(data_dir, model, sequence)
+            if not path.is_file():
+                raise SystemExit(f"{path} is missing: run the simulate stage first")
+            runs[model] = dict(np.load(path))
+            if "blew_up" in runs[model]:
+                failures[f"{model}/{sequence}"] = str(runs[model]["blew_up"])
         entry = {"residues": {}}
         for k, label in enumerate(phi_psi_residues(topology)):
             reference = phi_psi(dataset.positions_nm, topology, groups=dataset.trajectory_index, residue=k)
             residue = {}
             row, row_titles = [reference], [f"{sequence} {label}: all-atom"]
             for model in MODELS:
-                if f"{model}/{sequence}" in failures:
-                    residue[model] = {"js_cg_vs_aa": worst, "blew_up": failures[f"{model}/{sequence}"]}
+                if "blew_up" in runs[model]:
+                    residue[model] = {"js_cg_vs_aa": worst, "blew_up": str(runs[model]["blew_up"])}
                     continue
-                angles = simulation_phi_psi([work / "simulations" / model / sequence], topology,
-                                            dataset.mapping.n_beads, residue=k)
+                run = runs[model]
+                assert str(run["residues"][k]) == label, (run["residues"], label)
+                angles = PhiPsi(run["phi"][k].astype(np.float64), run["psi"][k].astype(np.float64), run["groups"])
                 residue[model] = compare(reference, angles, config["bins"])
                 if model != "priors_only":
                     row.append(angles)
@@ -259,7 +300,7 @@ def stage_evaluate(config: dict, work: Path, data_dir: Path, results: Path) -> d
     ratio = median["transferable"] / median["dedicated"]
     below = {s: m["mean_js"]["transferable"] < m["mean_js"]["priors_only"] for s, m in molecules.items()}
     manifest = read_manifest(data_dir)["datasets"]
-    summary = json.loads((work / "transferable" / "summary.json").read_text())
+    summary = json.loads(model_path(data_dir, "transferable").with_suffix(".json").read_text())["training"]["summary"]
     result = {
         "machine": machine_info(),
         "training_sequences": config["single_residues"] + config["training_dipeptides"],
@@ -306,9 +347,9 @@ def main(argv=None) -> int:
         "data": lambda: stage_data(config, args.work, args.data, args.workers),
         "transferable": lambda: stage_transferable(config, args.work, args.data),
         "dedicated": lambda: stage_dedicated(config, args.work, args.data),
-        "priors_only": lambda: stage_priors_only(config, args.work),
+        "priors_only": lambda: stage_priors_only(config, args.data),
         "simulate": lambda: stage_simulate(config, args.work, args.data),
-        "evaluate": lambda: stage_evaluate(config, args.work, args.data, args.results),
+        "evaluate": lambda: stage_evaluate(config, args.data, args.results),
     }
     for stage in STAGES if args.stage == "all" else (args.stage,):
         print(f"stage {stage}", flush=True)
