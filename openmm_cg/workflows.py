@@ -44,6 +44,26 @@ def reference_dataset(config, reference_dir, mapping, out, workers: Optional[int
     return map_reference(reference_dir, mapping, out, overwrite=True)
 
 
+def cg_structure(sequence: Optional[str] = None, pdb=None, mapping="protein_backbone"):
+    """(CG topology, bead positions in nm) of a capped peptide built from its ``sequence``, or of a protein PDB
+    (missing hydrogens added, missing heavy atoms refused), mapped by ``mapping``: a structure to bind a typed
+    model to and start a CG simulation from."""
+    from openmm import app
+
+    from .data.peptides import add_hydrogens, build_peptide
+    from .mapping.cgmap import mapping_from_spec
+
+    if (sequence is None) == (pdb is None):
+        raise InputError("give a sequence or a PDB file")
+    if sequence is not None:
+        topology, positions_nm = build_peptide(sequence)
+    else:
+        structure = app.PDBFile(str(pdb))
+        topology, positions_nm = add_hydrogens(structure.topology, structure.positions)
+    cg_mapping = mapping_from_spec(topology, mapping)
+    return cg_mapping.cg_topology, cg_mapping.map_positions(positions_nm)
+
+
 def train(config, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Force matching in the run folder ``config.output``, then its model file ``model.pt``; returns the summary
     with the model's path."""

@@ -15,14 +15,22 @@ import peptide_transferability as study  # noqa: E402
 TINY = ROOT / "tests" / "data" / "peptide_study_tiny.yaml"
 
 
-def test_every_stage_on_a_tiny_budget(tmp_path):
-    from openmm_cg.data.datasets import CGDataset
-    from openmm_cg.outputs import sha256_of_file
-
-    work, data, results = tmp_path / "work", tmp_path / "data", tmp_path / "results"
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    """Every stage of the study on the tiny budget: (work, data, results folders, the arguments that ran it)."""
+    root = tmp_path_factory.mktemp("study")
+    work, data, results = root / "work", root / "data", root / "results"
     arguments = ["--config", str(TINY), "--work", str(work), "--data", str(data), "--results", str(results),
                  "--workers", "1"]
     assert study.main(arguments) == 0
+    return work, data, results, arguments
+
+
+def test_every_stage_on_a_tiny_budget(tiny_study):
+    from openmm_cg.data.datasets import CGDataset
+    from openmm_cg.outputs import sha256_of_file
+
+    work, data, results, arguments = tiny_study
     result = json.loads((results / "peptide_transferability.json").read_text())
     assert result["training_sequences"] == ["A", "G", "S", "GA", "SA"] and result["held_out_sequences"] == ["GS"]
     # 4 seeds x 40 frames x 10 steps x 4 fs
@@ -62,6 +70,29 @@ def test_every_stage_on_a_tiny_budget(tmp_path):
     assert not work.exists() or not any(work.rglob("*.pt"))
     again = json.loads((results / "peptide_transferability.json").read_text())
     assert again["molecules"] == result["molecules"]
+
+
+def test_the_model_names_the_residues_it_does_not_know(tiny_study):
+    from openmm_cg import CGPotential
+    from openmm_cg.errors import ModelFileError
+    from openmm_cg.workflows import cg_structure
+
+    _, data, _, _ = tiny_study
+    topology, _ = cg_structure(sequence="GCW")
+    with pytest.raises(ModelFileError, match="never seen: CYS:CB, TRP:CB"):
+        CGPotential.load(data / "models" / "transferable.pt").createSystem(topology)
+
+
+def test_example_simulates_a_peptide_the_model_never_saw(tiny_study):
+    import subprocess
+
+    _, data, _, _ = tiny_study
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "simulate_unseen_peptide.py"),
+                             "--model", str(data / "models" / "transferable.pt"), "--sequence", "GAS",
+                             "--replicas", "2", "--steps", "200"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line.split()[0] for line in result.stdout.splitlines() if "basin populations" in line] == [
+        "GLY2", "ALA3", "SER4"]
 
 
 @pytest.mark.parametrize("change, message", [
