@@ -106,9 +106,9 @@ def dataset_entry(config: dict, sequence: str, path: Path, dataset, seconds: flo
     }
 
 
-def stage_data(config: dict, work: Path, data_dir: Path, workers=None) -> dict:
-    """Reference MD and mapping, molecule by molecule; a molecule whose dataset is in the manifest with the
-    configured settings (and its file's SHA-256) is done."""
+def stage_data(config: dict, work: Path, data_dir: Path, workers=None, sequences=None) -> dict:
+    """Reference MD and mapping, molecule by molecule (every molecule of the study, or ``sequences``); a molecule
+    whose dataset is in the manifest with the configured settings (and its file's SHA-256) is done."""
     from dataclasses import asdict
 
     from openmm_cg import workflows
@@ -116,7 +116,7 @@ def stage_data(config: dict, work: Path, data_dir: Path, workers=None) -> dict:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(data_dir)
-    for sequence in all_molecules(config):
+    for sequence in sequences or all_molecules(config):
         path = data_dir / f"{sequence}.h5"
         entry = manifest["datasets"].get(sequence)
         if entry and path.is_file() and entry["reference"] == asdict(reference_config(config, sequence)) \
@@ -201,7 +201,7 @@ def simulation_config(config: dict):
     from openmm_cg.simulation.run import SimulationConfig
 
     settings = {k: v for k, v in config["simulation"].items() if k != "replicas"}
-    return SimulationConfig(platform="CPU", seed=config["seed"], **settings)
+    return SimulationConfig(**{"platform": "CPU", "seed": config["seed"], **settings})
 
 
 def angles_path(data_dir: Path, model: str, sequence: str) -> Path:
