@@ -179,9 +179,7 @@ def main(argv=None) -> int:
            "train": lambda: stage_train(config, args.work, args.data),
            "simulate": lambda: stage_simulate(config, args.work, args.data),
            "evaluate": lambda: stage_evaluate(config, args.data, args.results)}
-    for stage in STAGES if args.stage == "all" else (args.stage,):
-        print(f"stage {stage}", flush=True)
-        run[stage]()
+    study.run_stages(run, args.stage)
     return 0
 
 

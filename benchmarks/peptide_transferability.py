@@ -351,10 +351,15 @@ def main(argv=None) -> int:
         "simulate": lambda: stage_simulate(config, args.work, args.data),
         "evaluate": lambda: stage_evaluate(config, args.data, args.results),
     }
-    for stage in STAGES if args.stage == "all" else (args.stage,):
-        print(f"stage {stage}", flush=True)
-        run[stage]()
+    run_stages(run, args.stage)
     return 0
+
+
+def run_stages(stages: dict, chosen: str) -> None:
+    """Every stage in order (``chosen`` "all"), or the chosen one."""
+    for stage in stages if chosen == "all" else (chosen,):
+        print(f"stage {stage}", flush=True)
+        stages[stage]()
 
 
 if __name__ == "__main__":
