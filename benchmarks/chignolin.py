@@ -79,6 +79,7 @@ def stage_simulate(config: dict, work: Path, data_dir: Path) -> None:
     from openmm_cg import workflows
     from openmm_cg.analysis.protein import ca_indices
     from openmm_cg.data.datasets import CGDataset
+    from openmm_cg.errors import SimulationBlowUpError
     from openmm_cg.outputs import atomic_path
     from openmm_cg.simulation.trajectory import load_run_frames
 
@@ -86,15 +87,20 @@ def stage_simulate(config: dict, work: Path, data_dir: Path) -> None:
         return
     dataset = CGDataset.load(dataset_path(config, data_dir))
     replicas = config["simulation"]["replicas"]
-    workflows.simulate(model_path(data_dir), study.simulation_config(config), work / "simulation",
-                       init=dataset_path(config, data_dir), replicas=replicas, progress=False)
+    blew_up = ""
+    try:
+        workflows.simulate(model_path(data_dir), study.simulation_config(config), work / "simulation",
+                           init=dataset_path(config, data_dir), replicas=replicas, progress=False)
+    except SimulationBlowUpError as error:  # reported, and the frames before it are judged
+        blew_up = str(error)
+        print(blew_up, flush=True)
     frames = load_run_frames(work / "simulation")[0]
     n_beads = dataset.mapping.n_beads
     per_replica = frames.reshape(len(frames), replicas, n_beads, 3).transpose(1, 0, 2, 3)
     ca = per_replica[:, :, ca_indices(dataset.mapping.cg_topology)].astype(np.float32)
     with atomic_path(ca_path(data_dir)) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, ca_positions_nm=ca)  # (replicas, frames, C-alphas, 3)
+            np.savez_compressed(handle, ca_positions_nm=ca, blew_up=np.array(blew_up))  # (replicas, frames, CA, 3)
 
 
 def stage_evaluate(config: dict, data_dir: Path, results: Path) -> dict:
@@ -112,7 +118,8 @@ def stage_evaluate(config: dict, data_dir: Path, results: Path) -> dict:
     topology = dataset.mapping.cg_topology
     ca = ca_indices(topology)
     aa = [dataset.positions_nm[dataset.trajectory_index == k][:, ca] for k in range(len(dataset.trajectory_names))]
-    cg = list(np.load(ca_path(data_dir))["ca_positions_nm"].astype(np.float64))
+    kept = np.load(ca_path(data_dir))
+    cg = list(kept["ca_positions_nm"].astype(np.float64))
     ca_topology = _ca_topology(topology, ca)
 
     settings = config["tica"]
@@ -143,7 +150,7 @@ def stage_evaluate(config: dict, data_dir: Path, results: Path) -> dict:
         "all_atom_ns": dataset.n_frames * save_interval_ps / 1000.0,
         "all_atom_trajectories": len(aa),
         "all_atom_budget": json.loads(budget_path.read_text()) if budget_path.is_file() else None,
-        "cg_replicas": len(cg), "cg_frames": int(len(cg_ics)),
+        "cg_replicas": len(cg), "cg_frames": int(len(cg_ics)), "cg_blew_up": str(kept["blew_up"]) or None,
         "folding": folded if folded is not None else "no folded structure given (--folded-pdb): fraction folded not computed",
         "tica": {"lag_frames": tica.lag_frames, "lag_ps": tica.lag_frames * save_interval_ps,
                  "eigenvalues": tica.eigenvalues.tolist(),

@@ -106,6 +106,16 @@ def dataset_entry(config: dict, sequence: str, path: Path, dataset, seconds: flo
     }
 
 
+def same_data_settings(kept: dict, configured: dict) -> bool:
+    """Whether two reference settings make the same data (where and how fast they run does not matter)."""
+    from openmm_cg.data.reference import EXTENDABLE
+
+    def data_settings(settings):
+        return {k: v for k, v in settings.items() if k in ("seeds", "frames_per_seed") or k not in EXTENDABLE}
+
+    return data_settings(kept) == data_settings(configured)
+
+
 def stage_data(config: dict, work: Path, data_dir: Path, workers=None, sequences=None) -> dict:
     """Reference MD and mapping, molecule by molecule (every molecule of the study, or ``sequences``); a molecule
     whose dataset is in the manifest with the configured settings (and its file's SHA-256) is done."""
@@ -119,7 +129,8 @@ def stage_data(config: dict, work: Path, data_dir: Path, workers=None, sequences
     for sequence in sequences or all_molecules(config):
         path = data_dir / f"{sequence}.h5"
         entry = manifest["datasets"].get(sequence)
-        if entry and path.is_file() and entry["reference"] == asdict(reference_config(config, sequence)) \
+        configured = asdict(reference_config(config, sequence))
+        if entry and path.is_file() and same_data_settings(entry["reference"], configured) \
                 and entry["sha256"] == sha256_of_file(path):
             continue
         start = time.time()
