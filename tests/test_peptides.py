@@ -62,6 +62,12 @@ def test_every_amino_acid_builds_with_its_atoms_and_a_finite_minimised_energy():
             assert volume > 0, f"{three} is not the L enantiomer"
 
 
+def test_a_built_peptide_is_reproducible_to_the_bit():
+    _, first = build_peptide("YYDPETGTWY")
+    _, second = build_peptide("YYDPETGTWY")
+    assert np.array_equal(first, second)
+
+
 def test_backbone_mapping_of_a_hand_checked_dipeptide():
     topology, _ = build_peptide("GP")
     mapping = protein_backbone_mapping(topology)

@@ -139,13 +139,19 @@ def add_hydrogens(topology: app.Topology, positions, forcefield_files: Sequence[
     check_heavy_atoms(topology)
     forcefield = app.ForceField(*forcefield_files)
     modeller = app.Modeller(topology, positions)
-    # Modeller places new hydrogens with Python's global random numbers before minimising them: a fixed seed
-    # makes the structure (and so every run started from it) reproducible, and the caller's stream is restored.
+    # Modeller places new hydrogens with Python's global random numbers, then minimises them in a Context of
+    # the default platform. A fixed seed and one CPU thread (sums in a fixed order) make the structure, and so
+    # every run started from it, reproducible to the bit; the caller's random stream and thread default are
+    # restored.
+    cpu = openmm.Platform.getPlatformByName("CPU")
+    threads = cpu.getPropertyDefaultValue("Threads")
     state = random.getstate()
     random.seed(0)
+    cpu.setPropertyDefaultValue("Threads", "1")
     try:
         modeller.addHydrogens(forcefield, pH=7.0)
     finally:
         random.setstate(state)
+        cpu.setPropertyDefaultValue("Threads", threads)
     positions_nm = np.array(modeller.positions.value_in_unit(unit.nanometer), dtype=np.float64)
     return modeller.topology, positions_nm
