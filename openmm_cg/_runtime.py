@@ -65,6 +65,23 @@ def langevin_integrator(temperature_K: float, friction_per_ps: float, timestep_p
     return integrator
 
 
+# The force group of a CG model's torch force; native forces (priors, barostat) stay in group 0.
+NETWORK_FORCE_GROUP = 1
+
+
+def mts_langevin_integrator(temperature_K: float, friction_per_ps: float, timestep_ps: float, inner_steps: int,
+                            seed: int):
+    """OpenMM's MTSLangevinIntegrator (BAOAB-RESPA): the torch force (``NETWORK_FORCE_GROUP``) once per outer step
+    of ``timestep_ps``, every other force ``inner_steps`` times per outer step; seeded as ``langevin_integrator``."""
+    from openmm import unit
+
+    integrator = openmm.MTSLangevinIntegrator(temperature_K * unit.kelvin, friction_per_ps / unit.picosecond,
+                                              timestep_ps * unit.picosecond,
+                                              [(NETWORK_FORCE_GROUP, 1), (0, int(inner_steps))])
+    integrator.setRandomNumberSeed(int(seed) + 1)
+    return integrator
+
+
 def platform(name=None, threads=None):
     """(Platform, properties): ``name`` or the fastest present; ``threads`` applies to the CPU platform."""
     name = name or best_platform_name()

@@ -68,7 +68,7 @@ def _simulate(args):
         n_steps=args.steps, timestep_ps=args.timestep, temperature_K=args.temperature, friction_per_ps=args.friction,
         report_interval=args.report_interval, checkpoint_interval=args.checkpoint_interval,
         trajectory_format=args.format, platform=args.platform, threads=args.threads, seed=args.seed,
-        backend=args.backend, priors_as_openmm_forces=args.native_priors,
+        backend=args.backend, priors_as_openmm_forces=args.native_priors, mts_inner_steps=args.mts_inner_steps,
     )
     return workflows.simulate(args.model, config, args.out, init=args.init, replicas=args.replicas,
                               overwrite=args.overwrite)
@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--backend", default="torchforce", choices=["torchforce", "pythonforce"])
     p.add_argument("--native-priors", action="store_true", help="priors as native OpenMM forces")
+    p.add_argument("--mts-inner-steps", type=int, default=None,
+                   help="multiple time stepping (with --native-priors): the network once per --timestep, the priors "
+                        "this many times")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")

@@ -184,7 +184,7 @@ def test_wheel_carries_the_shipped_models_and_loads_them_by_name(tmp_path):
     assert installed.returncode == 0, installed.stderr[-2000:]
     script = ("import openmm_cg, sys; from openmm_cg import CGPotential; from openmm_cg.simulation.potential import "
               "shipped_models\nassert openmm_cg.__file__.startswith(sys.argv[1]), openmm_cg.__file__\n"
-              "for name in shipped_models():\n    p = CGPotential.load(name)\n    print(name, p.n_beads)")
+              "for name in shipped_models():\n    p = CGPotential.load(name)\n    print(name, p.kind)")
     # The installed copy comes first on the path; torch, OpenMM and the rest come from this environment.
     ran = subprocess.run([sys.executable, "-c", script, str(tmp_path / "site")], capture_output=True, text=True,
                          timeout=300, cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin"})

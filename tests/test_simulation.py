@@ -132,3 +132,36 @@ def test_overlapping_start_is_reported_as_bad_input(ala2_exported, ala2_dataset,
     with pytest.raises(SimulationBlowUpError, match="starting configuration"):
         run_simulation(potential, x, SimulationConfig(n_steps=100, report_interval=10, checkpoint_interval=100,
                                                       platform="CPU"), tmp_path / "run", progress=False)
+
+
+def test_multiple_time_stepping_samples_the_target_temperature(ala2_exported, ala2_dataset, tmp_path):
+    """Priors (native forces) 4 times per 4 fs step, the network once: kinetic and configurational temperature
+    stay at the thermostat's, as a wrong splitting or a force counted in no group (or two) would not."""
+    from openmm import Context, Platform, VerletIntegrator, unit
+
+    from openmm_cg._runtime import NETWORK_FORCE_GROUP
+
+    _, dataset = ala2_dataset
+    potential = CGPotential.load(ala2_exported["float32"])
+    system = potential.createSystem(potential.topology(2), priors_as_openmm_forces=True)
+    context = Context(system, VerletIntegrator(0.001), Platform.getPlatformByName("Reference"))
+    context.setPositions(cg_frames(dataset, 2).reshape(-1, 3))
+
+    def energy(groups=-1):
+        return context.getState(getEnergy=True, groups=groups).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+
+    network, native = energy({NETWORK_FORCE_GROUP}), energy({0})
+    assert network != 0.0 and native != 0.0 and network + native == pytest.approx(energy(), rel=1e-6)
+
+    config = SimulationConfig(n_steps=3000, timestep_ps=0.004, friction_per_ps=10.0, report_interval=20,
+                              checkpoint_interval=1000, platform="CPU", seed=5, priors_as_openmm_forces=True,
+                              mts_inner_steps=4)
+    run_simulation(potential, cg_frames(dataset, 20).reshape(-1, 3), config, tmp_path / "mts", progress=False)
+    kinetic = _log_column(tmp_path / "mts" / "log.csv", "temperature_K")[25:]  # 2 ps of equilibration skipped
+    assert abs(kinetic.mean() - 300.0) < 0.03 * 300.0
+    xyz = load_run_frames(tmp_path / "mts")[0][25:]
+    module, _ = load_eager(ala2_exported["float64"])
+    t_conf = configurational_temperature_K(module, xyz.reshape(-1, potential.n_beads, 3).astype(np.float64))
+    assert abs(t_conf - 300.0) < 0.05 * 300.0, t_conf
+    with pytest.raises(InputError, match="mts_inner_steps needs priors_as_openmm_forces"):
+        replace(config, priors_as_openmm_forces=False).validate()

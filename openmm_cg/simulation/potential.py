@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .._runtime import openmm, openmmtorch
+from .._runtime import NETWORK_FORCE_GROUP, openmm, openmmtorch
 from openmm import app
 
 from ..errors import ModelFileError
@@ -201,6 +201,9 @@ class CGPotential:
         forces and only the network stays in torch; this also declares the molecule's bonds to OpenMM.
         ``temperature_K``: required by temperature-aware models (the thermostat's temperature), ignored otherwise.
         A typed model is bound to ``topology`` first (``bind``; ``intermolecular`` is passed on).
+        The network's force is in force group ``NETWORK_FORCE_GROUP`` and everything else in group 0, so a
+        multiple-time-step integrator (``_runtime.mts_langevin_integrator``) can evaluate the cheap native priors
+        at every inner step and the network once per outer step.
         """
         if self.kind == "typed":
             return self.bind(topology, intermolecular).createSystem(topology, backend, priors_as_openmm_forces,
@@ -231,6 +234,7 @@ class CGPotential:
                 system.addForce(force)
         force = BACKENDS[backend](self, priors_as_openmm_forces, compile, torch_device, temperature_K)
         force.setUsesPeriodicBoundaryConditions(self.periodic)
+        force.setForceGroup(NETWORK_FORCE_GROUP)
         system.addForce(force)
         return system
 

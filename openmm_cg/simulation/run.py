@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from .._runtime import langevin_integrator, openmm, platform
+from .._runtime import langevin_integrator, mts_langevin_integrator, openmm, platform
 from openmm import app, unit
 
 from ..errors import InputError, ModelFileError, SimulationBlowUpError
@@ -50,6 +50,9 @@ class SimulationConfig:
     max_start_force_kJ_per_mol_nm: float = 1e5
     pressure_bar: Optional[float] = None  # periodic models only: NPT with a MonteCarloBarostat
     barostat_interval_steps: int = 25
+    # Multiple time stepping: the network once per step of timestep_ps, the priors (native OpenMM forces, so
+    # priors_as_openmm_forces must be on) mts_inner_steps times per step.
+    mts_inner_steps: Optional[int] = None
 
     def validate(self) -> None:
         if self.trajectory_format not in TRAJECTORY_FORMATS:
@@ -60,6 +63,9 @@ class SimulationConfig:
             raise InputError("checkpoint_interval must be a multiple of report_interval")
         if self.pressure_bar is not None and (self.pressure_bar <= 0 or self.barostat_interval_steps < 1):
             raise InputError("pressure_bar must be positive and barostat_interval_steps at least 1")
+        if self.mts_inner_steps is not None and (self.mts_inner_steps < 1 or not self.priors_as_openmm_forces):
+            raise InputError("mts_inner_steps needs priors_as_openmm_forces (the priors are the inner, native forces) "
+                             "and must be at least 1")
 
 
 def initial_positions(potential: CGPotential, init, n_replicas: int, seed: int) -> np.ndarray:
@@ -141,7 +147,11 @@ def run_simulation(potential: CGPotential, positions_nm: np.ndarray, config: Sim
                                              config.barostat_interval_steps)
         barostat.setRandomNumberSeed(config.seed + 1)
         system.addForce(barostat)
-    integrator = langevin_integrator(temperature, config.friction_per_ps, config.timestep_ps, config.seed)
+    if config.mts_inner_steps is None:
+        integrator = langevin_integrator(temperature, config.friction_per_ps, config.timestep_ps, config.seed)
+    else:
+        integrator = mts_langevin_integrator(temperature, config.friction_per_ps, config.timestep_ps,
+                                             config.mts_inner_steps, config.seed)
     platform_object, properties = platform(config.platform, config.threads)
     simulation = app.Simulation(topology, system, integrator, platform_object, properties)
     n_dof = 3 * system.getNumParticles()
