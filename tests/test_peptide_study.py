@@ -65,9 +65,11 @@ def test_every_stage_on_a_tiny_budget(tiny_study):
         "dedicated_GS.pt", "dedicated_GS.state.pt", "priors_only.pt", "priors_only.state.pt", "transferable.pt",
         "transferable.state.pt"]
     assert sorted(p.name for p in (data / "angles").iterdir()) == [f"{m}_GS.npz" for m in sorted(study.MODELS)]
-    shutil.rmtree(work)
+    work.rename(work.with_name("work_aside"))
     assert study.main(arguments) == 0
     assert not work.exists() or not any(work.rglob("*.pt"))
+    shutil.rmtree(work, ignore_errors=True)
+    work.with_name("work_aside").rename(work)  # for the tests that read the simulations
     again = json.loads((results / "peptide_transferability.json").read_text())
     assert again["molecules"] == result["molecules"]
 
@@ -106,3 +108,14 @@ def test_held_out_molecules_must_be_new_combinations_of_training_residues(tmp_pa
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(SystemExit, match=message):
         study.load_config(path)
+
+
+def test_analyze_gives_every_residue_of_a_peptide(tiny_study, tmp_path):
+    from openmm_cg.workflows import analyze
+
+    work, data, _, _ = tiny_study
+    metrics = analyze(data / "GS.h5", [work / "simulations" / "transferable" / "GS"], tmp_path / "analysis")
+    assert list(metrics["residues"]) == ["GLY2", "SER3"]
+    for residue in metrics["residues"].values():
+        assert 0.0 <= residue["js_cg_vs_aa"] <= np.log(2) + 1e-12 and residue["frames"]["cg"] == 20
+    assert (tmp_path / "analysis" / "fes.png").stat().st_size > 0
