@@ -31,12 +31,22 @@ STAGES = ("data", "train", "simulate", "evaluate")
 
 
 def load_config(path: Path, platform=None, folded_pdb=None) -> dict:
+    """The config, with the platform and folded structure given on the command line; a folded structure whose
+    C-alphas do not match the sequence is refused now, before any MD."""
+    from openmm_cg.analysis.protein import load_ca_positions
+    from openmm_cg.data.peptides import parse_sequence
+
     config = yaml.safe_load(Path(path).read_text())
     if platform:
         config["reference"]["platform"] = platform
         config["simulation"]["platform"] = platform
     if folded_pdb:
         config["folded_pdb"] = str(folded_pdb)
+    if config.get("folded_pdb"):
+        n_ca, n_residues = len(load_ca_positions(config["folded_pdb"])), len(parse_sequence(config["sequence"]))
+        if n_ca != n_residues:
+            raise SystemExit(f"{config['folded_pdb']} has {n_ca} C-alphas in its first chain; {config['sequence']} has "
+                             f"{n_residues} residues")
     return config
 
 
@@ -94,6 +104,9 @@ def stage_simulate(config: dict, work: Path, data_dir: Path) -> None:
     except SimulationBlowUpError as error:  # reported, and the frames before it are judged
         blew_up = str(error)
         print(blew_up, flush=True)
+    trajectory = work / "simulation" / f"trajectory.{study.simulation_config(config).trajectory_format}"
+    if not trajectory.is_file():
+        raise SystemExit(f"the CG run left no frames ({blew_up or 'no trajectory'}); nothing to judge")
     frames = load_run_frames(work / "simulation")[0]
     n_beads = dataset.mapping.n_beads
     per_replica = frames.reshape(len(frames), replicas, n_beads, 3).transpose(1, 0, 2, 3)
@@ -106,9 +119,8 @@ def stage_simulate(config: dict, work: Path, data_dir: Path) -> None:
 def stage_evaluate(config: dict, data_dir: Path, results: Path) -> dict:
     import numpy as np
 
-    from openmm_cg import workflows
     from openmm_cg.analysis.protein import (ca_indices, compute_ca_distances, compute_ca_rmsd, fraction_folded,
-                                            histogram_2d, plot_free_energy_2d)
+                                            histogram_2d, load_ca_positions, plot_free_energy_2d)
     from openmm_cg.analysis.ramachandran import js_divergence
     from openmm_cg.analysis.tica import compute_tica
     from openmm_cg.data.datasets import CGDataset
@@ -136,13 +148,14 @@ def stage_evaluate(config: dict, data_dir: Path, results: Path) -> dict:
     save_interval_ps = config["reference"]["save_interval_steps"] * config["reference"]["timestep_ps"]
     folded = None
     if config.get("folded_pdb"):
-        folded_topology, folded_positions = workflows.cg_structure(pdb=config["folded_pdb"])
+        folded_ca = load_ca_positions(config["folded_pdb"])
         threshold = config["folded_rmsd_nm"]
-        rmsd = {name: np.concatenate([compute_ca_rmsd(x, ca_topology, folded_positions, folded_topology) for x in xs])
+        rmsd = {name: np.concatenate([compute_ca_rmsd(x, ca_topology, folded_ca) for x in xs])
                 for name, xs in (("all_atom", aa), ("cg", cg))}
         folded = {"folded_pdb": Path(config["folded_pdb"]).name, "threshold_nm": threshold,
                   "fraction_folded": {name: fraction_folded(r, threshold) for name, r in rmsd.items()},
-                  "median_ca_rmsd_nm": {name: float(np.median(r)) for name, r in rmsd.items()}}
+                  "median_ca_rmsd_nm": {name: float(np.median(r)) for name, r in rmsd.items()},
+                  "min_ca_rmsd_nm": {name: float(np.min(r)) for name, r in rmsd.items()}}
     budget_path = data_dir / "budget.json"
     result = {
         "machine": machine_info(),
@@ -153,6 +166,7 @@ def stage_evaluate(config: dict, data_dir: Path, results: Path) -> dict:
         "cg_replicas": len(cg), "cg_frames": int(len(cg_ics)), "cg_blew_up": str(kept["blew_up"]) or None,
         "folding": folded if folded is not None else "no folded structure given (--folded-pdb): fraction folded not computed",
         "tica": {"lag_frames": tica.lag_frames, "lag_ps": tica.lag_frames * save_interval_ps,
+                 "all_atom_ic_mean": aa_ics.mean(axis=0).tolist(), "all_atom_ic_covariance": np.cov(aa_ics.T).tolist(),
                  "eigenvalues": tica.eigenvalues.tolist(),
                  "implied_timescales_ps": tica.implied_timescales(save_interval_ps).tolist(),
                  "js_cg_vs_aa_2d": js_divergence(histogram_2d(aa_ics, edges), histogram_2d(cg_ics, edges)),

@@ -56,13 +56,15 @@ def load_config(path: Path = CONFIG) -> dict:
         raise SystemExit(f"{path}: a sequence is listed twice")
     training = config["single_residues"] + config["training_dipeptides"]
     known = {residue for sequence in training for residue in parse_sequence(sequence)}
-    neighbours = {pair for sequence in training for pair in zip(sequence, sequence[1:])}  # one-letter sequences
+    residues = {sequence: parse_sequence(sequence) for sequence in molecules}
+    neighbours = {pair for sequence in training for pair in zip(residues[sequence], residues[sequence][1:])}
     seen_pairs = neighbours | {(b, a) for a, b in neighbours}
     for sequence in config["held_out_dipeptides"]:
         unknown = sorted(set(parse_sequence(sequence)) - known)
         if unknown:
             raise SystemExit(f"{path}: held-out {sequence} has residues no training molecule has: {unknown}")
-        repeated = [a + b for a, b in zip(sequence, sequence[1:]) if (a, b) in seen_pairs]
+        chain = residues[sequence]
+        repeated = [f"{a}-{b}" for a, b in zip(chain, chain[1:]) if (a, b) in seen_pairs]
         if repeated:
             raise SystemExit(f"{path}: held-out {sequence} repeats the neighbours {repeated} of a training molecule")
     return config
@@ -289,7 +291,9 @@ def stage_evaluate(config: dict, data_dir: Path, results: Path) -> dict:
                     residue[model] = {"js_cg_vs_aa": worst, "blew_up": str(runs[model]["blew_up"])}
                     continue
                 run = runs[model]
-                assert str(run["residues"][k]) == label, (run["residues"], label)
+                if str(run["residues"][k]) != label:
+                    raise SystemExit(f"{angles_path(data_dir, model, sequence)} holds residues {run['residues']}, "
+                                     f"not {label} at {k}: delete it and rerun the simulate stage")
                 angles = PhiPsi(run["phi"][k].astype(np.float64), run["psi"][k].astype(np.float64), run["groups"])
                 residue[model] = compare(reference, angles, config["bins"])
                 if model != "priors_only":

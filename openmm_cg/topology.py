@@ -80,18 +80,19 @@ def bead_type_keys(topology) -> List[str]:
 ANY_RESIDUE = "*"
 
 
-def resolve_bead_types(keys: List[str], type_names) -> tuple:
+def resolve_bead_types(keys: List[str], type_names, own_type_keys=()) -> tuple:
     """Each bead's type among ``type_names``, from its key ``"RESNAME:BEADNAME"``: the type of that exact key, else
-    the type ``"*:BEADNAME"`` (the bead name in any residue without a type of its own). Returns (types, the keys
-    that resolve to no type, sorted)."""
-    known = set(type_names)
+    the type ``"*:BEADNAME"`` (the bead name in any residue without a type of its own). Keys in ``own_type_keys``
+    (chemically distinct beads, such as glycine's CA) only ever take their own type: a model that lacks it does not
+    know them. Returns (types, the keys that resolve to no type, sorted)."""
+    known, own = set(type_names), set(own_type_keys)
     types, unknown = [], set()
     for key in keys:
         bead = key.split(":", 1)[-1]
         generic = f"{ANY_RESIDUE}:{bead}"
         if key in known:
             types.append(key)
-        elif generic in known:
+        elif generic in known and key not in own:
             types.append(generic)
         else:
             types.append(None)

@@ -137,7 +137,8 @@ def priors_only_model(model, out, overwrite: bool = False) -> Path:
     if metadata.get("model_kind") != "typed":
         raise InputError(f"{model} is a {metadata.get('model_kind')} model; priors_only_model takes typed models")
     module = TypedCGModule(metadata["type_names"], metadata["type_masses_amu"],
-                           TypedPriors.from_dict(metadata["typed_priors"]), None)
+                           TypedPriors.from_dict(metadata["typed_priors"]), None,
+                           own_type_keys=metadata.get("own_type_keys", ()))
     extra = {"priors_of": {"file": Path(model).name,
                            "weights_sha256": metadata.get("integrity", {}).get("weights_sha256")}}
     return save_model(module, file_metadata(module, metadata["temperatures_K"], metadata["training_data_sha256"], extra),

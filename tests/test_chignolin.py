@@ -37,23 +37,28 @@ def test_tica_recovers_the_slow_mode_and_its_autocorrelation():
 def test_every_stage_on_a_tiny_budget(tmp_path):
     from openmm import app, unit
 
-    from openmm_cg.data.peptides import build_peptide
+    from openmm_cg.data.datasets import CGDataset
 
-    topology, positions = build_peptide("YYDPETGTWY")
+    data, results = tmp_path / "data", tmp_path / "results"
+    arguments = ["--config", str(ROOT / "tests" / "data" / "chignolin_tiny.yaml"), "--work", str(tmp_path / "work"),
+                 "--data", str(data), "--results", str(results), "--workers", "1"]
+    assert chignolin.main(arguments + ["--stage", "data"]) == 0
+    # The "folded structure" here is one mapped all-atom frame: its own RMSD must be 0, and it counts as folded.
+    dataset = CGDataset.load(data / "YYDPETGTWY.h5")
     folded = tmp_path / "folded.pdb"
     with open(folded, "w") as handle:
-        app.PDBFile.writeFile(topology, positions * unit.nanometer, handle)
-    data, results = tmp_path / "data", tmp_path / "results"
-    assert chignolin.main(["--config", str(ROOT / "tests" / "data" / "chignolin_tiny.yaml"), "--work",
-                           str(tmp_path / "work"), "--data", str(data), "--results", str(results),
-                           "--folded-pdb", str(folded), "--workers", "1"]) == 0
+        app.PDBFile.writeFile(dataset.mapping.cg_topology, dataset.positions_nm[7] * unit.nanometer, handle)
+    assert chignolin.main(arguments + ["--folded-pdb", str(folded)]) == 0
     result = json.loads((results / "chignolin.json").read_text())
     assert result["all_atom_trajectories"] == 2 and result["cg_replicas"] == 2
     assert result["cg_frames"] == 2 * 10 and result["cg_blew_up"] is None
-    for name in ("all_atom", "cg"):
-        assert 0.0 <= result["folding"]["fraction_folded"][name] <= 1.0
-        assert result["folding"]["median_ca_rmsd_nm"][name] > 0.0
-    assert all(-1.0 <= value <= 1.0 for value in result["tica"]["eigenvalues"])
+    folding = result["folding"]
+    assert folding["min_ca_rmsd_nm"]["all_atom"] == pytest.approx(0.0, abs=1e-4)
+    assert folding["fraction_folded"]["all_atom"] >= 1 / dataset.n_frames
+    assert folding["min_ca_rmsd_nm"]["cg"] > 0.0
+    # TICA components of the data they were fitted on are uncorrelated with unit variance.
+    np.testing.assert_allclose(result["tica"]["all_atom_ic_covariance"], np.eye(2), atol=0.05)
+    np.testing.assert_allclose(result["tica"]["all_atom_ic_mean"], [0.0, 0.0], atol=0.05)
     budget = json.loads((data / "budget.json").read_text())
     assert budget["configured_budget_ns"] == pytest.approx(2 * 150 * 10 * 0.004e-3)
     assert budget["all_atom_ns_per_day_here"] > 0
@@ -61,8 +66,23 @@ def test_every_stage_on_a_tiny_budget(tmp_path):
     assert (data / "models" / "chignolin.pt").is_file() and (data / "cg_ca_positions.npz").is_file()
 
 
+def test_a_folded_structure_of_another_length_is_refused_before_any_md(tmp_path):
+    from openmm import app, unit
+
+    from openmm_cg.data.peptides import build_peptide
+
+    topology, positions = build_peptide("YYDPETG")
+    folded = tmp_path / "short.pdb"
+    with open(folded, "w") as handle:
+        app.PDBFile.writeFile(topology, positions * unit.nanometer, handle)
+    with pytest.raises(SystemExit, match="7 C-alphas in its first chain; YYDPETGTWY has 10 residues"):
+        chignolin.main(["--config", str(ROOT / "tests" / "data" / "chignolin_tiny.yaml"), "--work",
+                        str(tmp_path / "work"), "--data", str(tmp_path / "data"), "--folded-pdb", str(folded)])
+    assert not (tmp_path / "work").exists() and not (tmp_path / "data").exists()
+
+
 def test_rmsd_to_itself_is_zero_and_folded_fraction_counts_below_the_threshold():
-    from openmm_cg.analysis.protein import compute_ca_rmsd, fraction_folded
+    from openmm_cg.analysis.protein import ca_indices, compute_ca_rmsd, fraction_folded
     from openmm_cg.workflows import cg_structure
 
     topology, positions = cg_structure(sequence="YYDPETGTWY")
@@ -71,6 +91,6 @@ def test_rmsd_to_itself_is_zero_and_folded_fraction_counts_below_the_threshold()
     rotation = np.linalg.qr(rng.normal(size=(3, 3)))[0]
     rotation *= np.sign(np.linalg.det(rotation))  # a proper rotation, not a reflection
     frames[0] = frames[0] @ rotation.T + 1.0  # rotated and shifted: still RMSD 0 after superposition
-    rmsd = compute_ca_rmsd(frames, topology, positions, topology)
+    rmsd = compute_ca_rmsd(frames, topology, positions[ca_indices(topology)])
     assert rmsd[0] == pytest.approx(0.0, abs=1e-6) and rmsd[1] > 0.05
     assert fraction_folded(rmsd, 0.05) == 0.5

@@ -99,7 +99,8 @@ def test_example_simulates_a_peptide_the_model_never_saw(tiny_study):
 
 @pytest.mark.parametrize("change, message", [
     ({"held_out_dipeptides": ["GW"]}, r"residues no training molecule has: \['TRP'\]"),
-    ({"held_out_dipeptides": ["AG"]}, r"repeats the neighbours \['AG'\]"),
+    ({"held_out_dipeptides": ["AG"]}, r"repeats the neighbours \['ALA-GLY'\]"),
+    ({"held_out_dipeptides": ["ALA-GLY"]}, r"repeats the neighbours \['ALA-GLY'\]"),
     ({"held_out_dipeptides": ["GA"]}, "listed twice"),
 ])
 def test_held_out_molecules_must_be_new_combinations_of_training_residues(tmp_path, change, message):

@@ -96,6 +96,18 @@ def test_backbone_mapping_of_a_hand_checked_dipeptide():
     assert unknown == [] and types == [t for *_, t in expected]
 
 
+def test_glycine_ca_and_proline_n_never_take_the_generic_backbone_type():
+    topology, _ = build_peptide("GP")
+    mapping = protein_backbone_mapping(topology)
+    assert mapping.own_type_keys == ["GLY:CA", "PRO:N"]
+    keys = bead_type_keys(mapping.cg_topology)
+    # A model that knows only the generic backbone types does not know glycine's CA or proline's N.
+    types, unknown = resolve_bead_types(keys, ["ACE:CH3", "NME:CH3", "*:N", "*:CA", "*:C", "PRO:CB"],
+                                        mapping.own_type_keys)
+    assert unknown == ["GLY:CA", "PRO:N"]
+    assert types[2] == "*:N" and types[6] == "*:CA"
+
+
 def test_cg_phi_psi_equal_all_atom_phi_psi():
     topology, positions = build_peptide("AYK")
     mapping = mapping_from_spec(topology, "protein_backbone")
@@ -184,5 +196,6 @@ def test_reference_from_a_sequence_on_the_command_line(tmp_path):
         assert h5["forces"].shape == (4, CAP_ATOMS + ATOMS["GLY"] + ATOMS["ALA"], 3)
     assert metadata["hydrogen_mass_amu"] == 3.0 and metadata["timestep_ps"] == 0.004
     assert metadata["source"] == "sequence:ACE-GLY-ALA-NME forcefield:amber14-all.xml,implicit/gbn2.xml"
-    bad = subprocess.run(command[:5] + ["GXA"] + command[6:], capture_output=True, text=True)
+    bad = subprocess.run(command[:5] + ["GXA"] + command[6:-1] + [str(tmp_path / "ref2")], capture_output=True,
+                         text=True)
     assert bad.returncode != 0 and "['X']" in bad.stderr and not (tmp_path / "ref2").exists()

@@ -134,7 +134,7 @@ def test_overlapping_start_is_reported_as_bad_input(ala2_exported, ala2_dataset,
                                                       platform="CPU"), tmp_path / "run", progress=False)
 
 
-def test_multiple_time_stepping_samples_the_target_temperature(ala2_exported, ala2_dataset, tmp_path):
+def test_multiple_time_stepping_samples_the_target_temperature(ala2_exported, ala2_dataset, tmp_path, monkeypatch):
     """Priors (native forces) 4 times per 4 fs step, the network once: kinetic and configurational temperature
     stay at the thermostat's, as a wrong splitting or a force counted in no group (or two) would not."""
     from openmm import Context, Platform, VerletIntegrator, unit
@@ -153,10 +153,22 @@ def test_multiple_time_stepping_samples_the_target_temperature(ala2_exported, al
     network, native = energy({NETWORK_FORCE_GROUP}), energy({0})
     assert network != 0.0 and native != 0.0 and network + native == pytest.approx(energy(), rel=1e-6)
 
+    import openmm_cg.simulation.run as run_module
+
+    made, original = [], run_module.mts_langevin_integrator
+
+    def recording(*args):
+        made.append(original(*args))
+        return made[-1]
+
+    monkeypatch.setattr(run_module, "mts_langevin_integrator", recording)
     config = SimulationConfig(n_steps=3000, timestep_ps=0.004, friction_per_ps=10.0, report_interval=20,
                               checkpoint_interval=1000, platform="CPU", seed=5, priors_as_openmm_forces=True,
                               mts_inner_steps=4)
     run_simulation(potential, cg_frames(dataset, 20).reshape(-1, 3), config, tmp_path / "mts", progress=False)
+    (integrator,) = made  # the run stepped with the multiple-time-step integrator: network once, priors 4 times
+    assert type(integrator).__name__ == "MTSLangevinIntegrator"
+    assert integrator.getStepSize().value_in_unit(unit.picosecond) == pytest.approx(0.004)
     kinetic = _log_column(tmp_path / "mts" / "log.csv", "temperature_K")[25:]  # 2 ps of equilibration skipped
     assert abs(kinetic.mean() - 300.0) < 0.03 * 300.0
     xyz = load_run_frames(tmp_path / "mts")[0][25:]

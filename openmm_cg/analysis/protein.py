@@ -19,19 +19,32 @@ def ca_indices(topology) -> np.ndarray:
     return indices
 
 
-def compute_ca_rmsd(positions_nm: np.ndarray, topology, folded_positions_nm: np.ndarray, folded_topology) -> np.ndarray:
-    """(frames,) C-alpha RMSD in nm of every frame to the folded structure, after optimal superposition."""
+def load_ca_positions(pdb_path) -> np.ndarray:
+    """(C-alphas, 3) positions in nm of the first chain of a PDB file (waters, ions and ligands are ignored; a
+    crystal structure needs no hydrogens or termini for this)."""
     import mdtraj
 
-    ours, theirs = ca_indices(topology), ca_indices(folded_topology)
-    if len(ours) != len(theirs):
-        raise InputError(f"the trajectory has {len(ours)} C-alphas and the folded structure {len(theirs)}")
+    structure = mdtraj.load_pdb(str(pdb_path))
+    indices = structure.topology.select("protein and name CA and chainid 0")
+    if len(indices) < 3:
+        raise InputError(f"{pdb_path} has {len(indices)} protein C-alphas in its first chain; at least 3 are needed")
+    return structure.xyz[0, indices].astype(np.float64)
+
+
+def compute_ca_rmsd(positions_nm: np.ndarray, topology, folded_ca_nm: np.ndarray) -> np.ndarray:
+    """(frames,) C-alpha RMSD in nm of every frame to the folded structure's C-alphas (``load_ca_positions``), after
+    optimal superposition."""
+    import mdtraj
+
+    ours = ca_indices(topology)
+    folded_ca_nm = np.asarray(folded_ca_nm, dtype=np.float32).reshape(-1, 3)
+    if len(ours) != len(folded_ca_nm):
+        raise InputError(f"the trajectory has {len(ours)} C-alphas and the folded structure {len(folded_ca_nm)}")
     positions_nm = np.asarray(positions_nm, dtype=np.float32)
     if positions_nm.ndim != 3 or positions_nm.shape[1] != _md_topology(topology).n_atoms:
         raise InputError(f"positions {positions_nm.shape} do not fit a topology of {_md_topology(topology).n_atoms} atoms")
     frames = mdtraj.Trajectory(positions_nm[:, ours], None)
-    folded = mdtraj.Trajectory(np.asarray(folded_positions_nm, dtype=np.float32).reshape(1, -1, 3)[:, theirs], None)
-    return mdtraj.rmsd(frames, folded, 0).astype(np.float64)
+    return mdtraj.rmsd(frames, mdtraj.Trajectory(folded_ca_nm[None], None), 0).astype(np.float64)
 
 
 def fraction_folded(rmsd_nm: np.ndarray, threshold_nm: float) -> float:

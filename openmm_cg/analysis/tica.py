@@ -31,8 +31,10 @@ class TICA:
 
     def implied_timescales(self, frame_interval: float) -> np.ndarray:
         """-tau / ln(lambda) in the unit of ``frame_interval`` (inf where lambda >= 1, NaN where lambda <= 0)."""
+        values = self.eigenvalues
         with np.errstate(divide="ignore", invalid="ignore"):
-            return -self.lag_frames * frame_interval / np.log(self.eigenvalues)
+            timescales = -self.lag_frames * frame_interval / np.log(values)
+        return np.where(values >= 1.0, np.inf, np.where(values <= 0.0, np.nan, timescales))
 
 
 def compute_tica(trajectories: Sequence[np.ndarray], lag_frames: int, n_components: int = 2,

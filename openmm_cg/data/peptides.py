@@ -7,7 +7,8 @@ each end, whose N-terminal one keeps only its carbonyl and methyl carbon (ACE) a
 only its amide nitrogen and methyl carbon (NME).
 
 Sequences are one-letter codes (``"AY"``) or three-letter codes separated by ``-``, spaces or commas
-(``"ALA-TYR"``; ``"ACE-ALA-TYR-NME"`` names the caps explicitly, which are the default anyway).
+(``"ALA-TYR"``; ``"ACE-ALA-TYR-NME"`` names the caps explicitly, which are the default anyway). A single
+token that is a three-letter code (``"ALA"``) is that residue, not a one-letter tripeptide (``"A L A"`` is).
 """
 import io
 import re
@@ -139,8 +140,8 @@ def add_hydrogens(topology: app.Topology, positions, forcefield_files: Sequence[
     check_heavy_atoms(topology)
     forcefield = app.ForceField(*forcefield_files)
     modeller = app.Modeller(topology, positions)
-    # Modeller places new hydrogens with Python's global random numbers, then minimises them in a Context of
-    # the default platform. A fixed seed and one CPU thread (sums in a fixed order) make the structure, and so
+    # Modeller places new hydrogens with Python's global random numbers, then minimises them. A fixed seed and
+    # the CPU platform with one thread (sums in a fixed order, on a GPU machine too) make the structure, and so
     # every run started from it, reproducible to the bit; the caller's random stream and thread default are
     # restored.
     cpu = openmm.Platform.getPlatformByName("CPU")
@@ -149,7 +150,7 @@ def add_hydrogens(topology: app.Topology, positions, forcefield_files: Sequence[
     random.seed(0)
     cpu.setPropertyDefaultValue("Threads", "1")
     try:
-        modeller.addHydrogens(forcefield, pH=7.0)
+        modeller.addHydrogens(forcefield, pH=7.0, platform=cpu)
     finally:
         random.setstate(state)
         cpu.setPropertyDefaultValue("Threads", threads)

@@ -48,8 +48,9 @@ class ReferenceConfig:
     ``polymers`` (a bead-spring chain set, ``openmm_cg.data.polymers``).
 
     ``hydrogen_mass_amu`` repartitions mass from each heavy atom to its hydrogens (OpenMM's ``hydrogenMass``), which
-    allows 4 fs steps with ``constraints="HBonds"``: masses do not enter the potential, so forces and the equilibrium
-    distribution of positions are unchanged (dynamics, and so time correlations, are not)."""
+    allows 4 fs steps with ``constraints="HBonds"``: masses do not enter the potential, so the forces are unchanged,
+    and so is the equilibrium distribution of positions, apart from the small mass-dependent metric factor of
+    coupled bond constraints (the three C-H of a methyl group); dynamics, and so time correlations, change."""
 
     testsystem: Optional[str] = "AlanineDipeptideImplicit"
     sequence: Optional[str] = None
@@ -78,7 +79,8 @@ class ReferenceConfig:
                    self.pdb is not None or self.prmtop is not None, self.polymers is not None]
         if sum(sources) != 1:
             raise InputError("give exactly one source: a testsystem name, a peptide sequence, a PDB (+ force field) / "
-                             "prmtop, or polymers")
+                             "prmtop, or polymers (testsystem defaults to alanine dipeptide: set it to None for "
+                             "another source)")
         if self.sequence is not None:
             from .peptides import parse_sequence
 

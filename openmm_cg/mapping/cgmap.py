@@ -37,6 +37,8 @@ class CGMapping:
     cg_topology_dict: dict = field(repr=False)
     method: str = "slice"
     n_atoms: int = 0
+    # RESNAME:BEADNAME keys that always have a type of their own, never a "*:BEADNAME" type (topology.resolve_bead_types)
+    own_type_keys: List[str] = field(default_factory=list)
 
     @property
     def n_beads(self) -> int:
@@ -107,6 +109,7 @@ class CGMapping:
             "masses_amu": self.masses_amu.tolist(),
             "cg_bonds": self.cg_bonds.tolist(),
             "cg_topology": self.cg_topology_dict,
+            **({"own_type_keys": list(self.own_type_keys)} if self.own_type_keys else {}),
         }
 
     @classmethod
@@ -124,6 +127,7 @@ class CGMapping:
             masses_amu=np.asarray(data["masses_amu"], dtype=np.float64),
             cg_bonds=np.asarray(data["cg_bonds"], dtype=np.int64).reshape(-1, 2),
             cg_topology_dict=data["cg_topology"], method=data["method"], n_atoms=n_atoms,
+            own_type_keys=list(data.get("own_type_keys", [])),
         )
 
 
@@ -163,6 +167,7 @@ def build_mapping(
     aggregate_hydrogens: bool = True,
     atom_masses_amu: Optional[Sequence[float]] = None,
     type_names: Optional[Sequence[str]] = None,
+    own_type_keys: Sequence[str] = (),
 ) -> CGMapping:
     """Build a CG map from one mdtraj selection string (or atom index list) per bead.
 
@@ -170,7 +175,8 @@ def build_mapping(
     (centre of geometry). ``masses_amu`` defaults to the sum of the masses of each bead's force group
     (for slices: the atom plus its aggregated hydrogens). ``bead_types`` defaults to one type per
     distinct (residue name, bead name) pair, named ``"RESNAME:BEADNAME"``; ``type_names`` names the types of given
-    ``bead_types`` (default ``"type0"``, ...). ``atom_masses_amu`` replaces the element masses (particles
+    ``bead_types`` (default ``"type0"``, ...), and ``own_type_keys`` the keys that never take a ``"*:BEAD"`` type.
+    ``atom_masses_amu`` replaces the element masses (particles
     without an element, such as the monomers of a bead-spring model, take their System's masses).
     """
     if method not in METHODS:
@@ -251,6 +257,7 @@ def build_mapping(
         bead_names=names, bead_types=list(bead_types), type_names=type_names, position_weights=position_weights,
         force_weights=force_weights, masses_amu=np.asarray(masses, dtype=np.float64), cg_bonds=cg_bonds,
         cg_topology_dict=topology_to_dict(cg_topology), method=method, n_atoms=n_atoms,
+        own_type_keys=sorted(own_type_keys),
     )
     mapping.check_force_map()
     return mapping
@@ -369,7 +376,8 @@ def protein_backbone_mapping(topology) -> CGMapping:
             type_keys.append(f"*:{bead}" if generic else f"{residue.name}:{bead}")
     distinct = list(dict.fromkeys(type_keys))
     return build_mapping(topology, selections, "slice", bead_names=names,
-                         bead_types=[distinct.index(key) for key in type_keys], type_names=distinct)
+                         bead_types=[distinct.index(key) for key in type_keys], type_names=distinct,
+                         own_type_keys=[f"{residue}:{bead}" for residue, bead in sorted(RESIDUE_SPECIFIC_BACKBONE)])
 
 
 def molecule_com_mapping(topology) -> CGMapping:

@@ -14,7 +14,7 @@ Every pair within the cutoff enters the network and the repulsion, whichever mol
 one potential of the whole configuration, as for a liquid. ``intermolecular=False`` keeps each molecule to
 itself (independent copies of molecules in one System, as the replicas of a version-1 model are).
 """
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,7 +42,8 @@ class TypedCGModule(PotentialModule):
     different molecules; energies of a System come from its bound module."""
 
     def __init__(self, type_names: List[str], type_masses_amu: List[float], priors: TypedPriors,
-                 network_config: Optional[NetworkConfig], energy_scale_kJ_per_mol: float = 1.0):
+                 network_config: Optional[NetworkConfig], energy_scale_kJ_per_mol: float = 1.0,
+                 own_type_keys: Sequence[str] = ()):
         super().__init__()
         if len(set(type_names)) != len(type_names) or len(type_masses_amu) != len(type_names):
             raise ValueError("type names must be distinct, one mass each")
@@ -57,6 +58,7 @@ class TypedCGModule(PotentialModule):
             "model_kind": TYPED.name, "periodic": False, "type_names": list(type_names),
             "type_masses_amu": [float(m) for m in type_masses_amu], "n_types": len(type_names),
             "cutoff_nm": float(priors.cutoff_nm), "typed_priors": priors.to_dict(),
+            **({"own_type_keys": sorted(own_type_keys)} if own_type_keys else {}),
             **describe_network(network_config, energy_scale_kJ_per_mol)}
 
     def graph_network_energy(self, positions: torch.Tensor, types: torch.Tensor, pairs: torch.Tensor,
@@ -91,7 +93,7 @@ class BoundCGModule(PotentialModule):
         super().__init__()
         type_names = list(typed["type_names"])
         topology = topology_from_dict(topology_dict)
-        types, unknown = resolve_bead_types(bead_type_keys(topology), type_names)
+        types, unknown = resolve_bead_types(bead_type_keys(topology), type_names, typed.get("own_type_keys", ()))
         if unknown:
             raise ModelFileError(f"the topology has bead types the model has never seen: {', '.join(unknown)} "
                                  f"(types are RESIDUE:BEAD keys, *:BEAD for a bead in any residue; the model knows "
@@ -192,7 +194,7 @@ class TypedKind(ModelKind):
     def build(self, metadata: dict) -> TypedCGModule:
         return TypedCGModule(metadata["type_names"], metadata["type_masses_amu"],
                              TypedPriors.from_dict(metadata["typed_priors"]), network_config_of(metadata),
-                             metadata["energy_scale_kJ_per_mol"])
+                             metadata["energy_scale_kJ_per_mol"], metadata.get("own_type_keys", ()))
 
 
 class BoundKind(ModelKind):

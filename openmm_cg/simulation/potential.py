@@ -242,7 +242,7 @@ class CGPotential:
         if self.kind == "bound":
             typed = self.metadata["typed_model"]
             topology = topology_from_dict(self.metadata["cg_topology"])
-            types = resolve_bead_types(bead_type_keys(topology), typed["type_names"])[0]
+            types = resolve_bead_types(bead_type_keys(topology), typed["type_names"], typed.get("own_type_keys", ()))[0]
             return openmm_typed_prior_forces(TypedPriors.from_dict(typed["typed_priors"]), typed["type_names"],
                                              types, np.asarray(self.metadata["cg_topology"]["bonds"]),
                                              self.periodic, bool(self.metadata.get("intermolecular", True)))

@@ -68,7 +68,7 @@ def _bead_types(mapping, path) -> List[str]:
     another."""
     types = [mapping.type_names[t] for t in mapping.bead_types]
     keys = bead_type_keys(mapping.cg_topology)
-    resolved = resolve_bead_types(keys, set(types))[0]
+    resolved = resolve_bead_types(keys, set(types), mapping.own_type_keys)[0]
     wrong = sorted({f"{key} ({t})" for key, t, r in zip(keys, types, resolved) if t != r})
     if wrong:
         raise InputError(f"{path}: the mapping's type names are not what the beads' RESIDUE:BEAD keys resolve to "
@@ -176,11 +176,13 @@ def split_molecules(molecules: List[Molecule], config: TrainConfig) -> TypedSpli
     return TypedSplit(train, held_out)
 
 
-def type_table(split: TypedSplit) -> Tuple[List[str], List[float]]:
-    """The model's bead types (those of the training molecules, sorted) and their masses (amu)."""
+def type_table(split: TypedSplit) -> Tuple[List[str], List[float], List[str]]:
+    """The model's bead types (those of the training molecules, sorted), their masses (amu), and the keys that
+    take only a type of their own (those of every training molecule's mapping)."""
     masses = {t: float(mass) for m, _, _ in split.train for t, mass in zip(m.types, m.dataset.mapping.masses_amu)}
     names = sorted(masses)
-    return names, [masses[t] for t in names]
+    own = sorted({key for m, _, _ in split.train for key in m.dataset.mapping.own_type_keys})
+    return names, [masses[t] for t in names], own
 
 
 def typed_rules(config: TrainConfig) -> TermRules:
@@ -227,9 +229,9 @@ def train_typed(config: TrainConfig, resume: bool = False, overwrite: bool = Fal
     val_stride = stride * max(1, int(config.data.validation_frame_stride))
     train_frames = [_frames(m, train, priors, stride) for m, train, _ in split.train]
     val_frames = [_frames(m, val, priors, val_stride) for m, _, val in split.train]
-    type_names, masses = type_table(split)
+    type_names, masses, own = type_table(split)
     energy_scale = float(np.std(np.concatenate([f.reshape(-1) for _, f in train_frames]))) * 0.1
-    model = TypedCGModule(type_names, masses, priors, network_config, energy_scale)
+    model = TypedCGModule(type_names, masses, priors, network_config, energy_scale, own)
     collate = GraphCollate([_types_tensor(m, type_names) for m, _, _ in split.train])
     opt = config.training
     task = ForceMatching(model, opt.learning_rate, opt.weight_decay, opt.lr_factor, opt.lr_patience,
@@ -287,8 +289,9 @@ def load_trained_typed(run_dir: Path, config: TrainConfig, checkpoint_path: Path
     molecules = load_molecules(config.data.paths())
     split = split_molecules(molecules, config)
     priors = TypedPriors.from_dict(json.loads((run_dir / "priors.json").read_text()))
-    type_names, masses = type_table(split)
-    model = load_checkpoint(TypedCGModule(type_names, masses, priors, config.model.network()), checkpoint_path)
+    type_names, masses, own = type_table(split)
+    model = load_checkpoint(TypedCGModule(type_names, masses, priors, config.model.network(), own_type_keys=own),
+                            checkpoint_path)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return TrainedModel(model, typed_metadata(model, config, molecules, split, summary), summary, run_dir)
