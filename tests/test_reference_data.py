@@ -45,6 +45,22 @@ def test_reference_resumes_without_rewriting(tmp_path):
         run_seed(changed, tmp_path, 4)
 
 
+def test_a_seed_file_killed_at_creation_starts_again_and_a_damaged_one_is_kept(tmp_path):
+    """A kill while h5py creates a seed file leaves a header that HDF5 cannot open: that seed starts again. An
+    unreadable file big enough to hold frames is refused and left as it is."""
+    config = ReferenceConfig(frames_per_seed=20, chunk_frames=20, equilibration_steps=20, seeds=[1])
+    stillborn = tmp_path / "seed_0001.h5"
+    stillborn.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(88))  # what a kill at creation left in a real run
+    path = run_seed(config, tmp_path, 1)
+    with h5py.File(path) as h5:
+        assert h5.attrs["n_frames_done"] == 20
+    damaged = tmp_path / "seed_0002.h5"
+    damaged.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(20000))
+    with pytest.raises(InputError, match="may hold frames: it is left untouched"):
+        run_seed(ReferenceConfig(frames_per_seed=20, chunk_frames=20, equilibration_steps=20, seeds=[2]), tmp_path, 2)
+    assert damaged.stat().st_size == 20008
+
+
 def test_reference_config_errors():
     with pytest.raises(InputError, match="unstable"):
         ReferenceConfig(constraints="none", timestep_ps=0.002).validate()

@@ -242,6 +242,7 @@ def run_seed(config: ReferenceConfig, out_dir, seed: int, progress_position: int
     integrator = langevin_integrator(config.temperature_K, config.friction_per_ps, config.timestep_ps, seed)
     platform_object, properties = platform(config.platform, config.threads_per_seed)
 
+    _discard_if_stillborn(path)
     with h5py.File(path, "a") as h5:
         if H5_METADATA_KEY in h5.attrs and "checkpoint" in h5:
             existing = json.loads(h5.attrs[H5_METADATA_KEY])
@@ -300,6 +301,28 @@ def run_seed(config: ReferenceConfig, out_dir, seed: int, progress_position: int
                 h5.flush()
                 bar.update(n_chunk)
     return path
+
+
+# An HDF5 file killed while it was being created is a header and nothing else; the first chunk of frames alone
+# takes more than this.
+STILLBORN_FILE_BYTES = 8192
+
+
+def _discard_if_stillborn(path: Path) -> None:
+    """Remove a seed file that a kill left unreadable before it held any frame, so the seed starts again; an
+    unreadable file that may hold frames is refused, never removed."""
+    import h5py
+
+    if not path.exists():
+        return
+    try:
+        with h5py.File(path, "r"):
+            return
+    except OSError as error:
+        if path.stat().st_size >= STILLBORN_FILE_BYTES:
+            raise InputError(f"{path} cannot be read as HDF5 ({error}) and may hold frames: it is left untouched; "
+                             "move it away to start this seed again") from None
+    path.unlink()
 
 
 def equilibrate_npt(context, integrator, barostat, system, config: ReferenceConfig, seed: int) -> dict:
