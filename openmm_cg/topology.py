@@ -70,6 +70,13 @@ def bonds_array(topology: app.Topology):
     return np.array([[b.atom1.index, b.atom2.index] for b in topology.bonds()], dtype=np.int64).reshape(-1, 2)
 
 
+def md_topology(topology):
+    """An mdtraj ``Topology`` of an ``openmm.app.Topology`` (or the mdtraj one itself)."""
+    import mdtraj
+
+    return topology if isinstance(topology, mdtraj.Topology) else mdtraj.Topology.from_openmm(topology)
+
+
 def bead_type_keys(topology) -> List[str]:
     """The type key ``"RESNAME:BEADNAME"`` (residue name, colon, atom name) of every bead (atom), in order,
     of an ``openmm.app.Topology`` or an mdtraj ``Topology``."""

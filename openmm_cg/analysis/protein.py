@@ -4,16 +4,12 @@ named CA are the C-alphas, in any topology that keeps them (the protein backbone
 import numpy as np
 
 from ..errors import InputError
+from ..topology import md_topology
 
-
-def _md_topology(topology):
-    import mdtraj
-
-    return topology if isinstance(topology, mdtraj.Topology) else mdtraj.Topology.from_openmm(topology)
 
 
 def ca_indices(topology) -> np.ndarray:
-    indices = _md_topology(topology).select("name CA")
+    indices = md_topology(topology).select("name CA")
     if len(indices) < 3:
         raise InputError(f"the topology has {len(indices)} atoms named CA; C-alpha observables need at least 3")
     return indices
@@ -41,8 +37,8 @@ def compute_ca_rmsd(positions_nm: np.ndarray, topology, folded_ca_nm: np.ndarray
     if len(ours) != len(folded_ca_nm):
         raise InputError(f"the trajectory has {len(ours)} C-alphas and the folded structure {len(folded_ca_nm)}")
     positions_nm = np.asarray(positions_nm, dtype=np.float32)
-    if positions_nm.ndim != 3 or positions_nm.shape[1] != _md_topology(topology).n_atoms:
-        raise InputError(f"positions {positions_nm.shape} do not fit a topology of {_md_topology(topology).n_atoms} atoms")
+    if positions_nm.ndim != 3 or positions_nm.shape[1] != md_topology(topology).n_atoms:
+        raise InputError(f"positions {positions_nm.shape} do not fit a topology of {md_topology(topology).n_atoms} atoms")
     frames = mdtraj.Trajectory(positions_nm[:, ours], None)
     return mdtraj.rmsd(frames, mdtraj.Trajectory(folded_ca_nm[None], None), 0).astype(np.float64)
 

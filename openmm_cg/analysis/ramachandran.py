@@ -10,6 +10,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..topology import md_topology
 from ..units import kT_kJ_per_mol
 
 # Basins of alanine dipeptide, in degrees: alpha_R (right-handed helix), beta (extended: C5 and
@@ -42,17 +43,12 @@ def _paired_dihedrals(trajectory):
     return labels, phi[:, phi_columns], psi[:, psi_columns]
 
 
-def _md_topology(topology):
-    import mdtraj
-
-    return topology if isinstance(topology, mdtraj.Topology) else mdtraj.Topology.from_openmm(topology)
-
 
 def phi_psi_residues(topology) -> List[str]:
     """Labels (residue name and number) of the residues with a (phi, psi) pair: ``phi_psi(residue=k)`` is the k-th."""
     import mdtraj
 
-    md_top = _md_topology(topology)
+    md_top = md_topology(topology)
     return _paired_dihedrals(mdtraj.Trajectory(np.zeros((1, md_top.n_atoms, 3)), md_top))[0]
 
 
@@ -60,7 +56,7 @@ def phi_psi(positions_nm: np.ndarray, topology, groups: Optional[np.ndarray] = N
     """(phi, psi) of the ``residue``-th residue with both backbone dihedrals, for (frames, atoms, 3) positions."""
     import mdtraj
 
-    md_top = _md_topology(topology)
+    md_top = md_topology(topology)
     positions_nm = np.asarray(positions_nm)
     if positions_nm.ndim != 3 or positions_nm.shape[1] != md_top.n_atoms:
         raise InputError(f"positions {positions_nm.shape} do not fit a topology of {md_top.n_atoms} atoms")

@@ -19,7 +19,7 @@ from .._runtime import openmm
 from openmm import app
 
 from ..errors import InputError
-from ..topology import topology_from_dict, topology_to_dict
+from ..topology import md_topology, topology_from_dict, topology_to_dict
 from ..units import ALL_ATOM_BOND_RANGE_NM, check_bond_lengths_nm
 
 METHODS = ("slice", "com", "cog")
@@ -131,14 +131,6 @@ class CGMapping:
         )
 
 
-def _as_mdtraj(topology):
-    import mdtraj
-
-    if isinstance(topology, mdtraj.Topology):
-        return topology
-    return mdtraj.Topology.from_openmm(topology)
-
-
 def _select(md_topology, selection) -> List[int]:
     if isinstance(selection, str):
         try:
@@ -181,7 +173,7 @@ def build_mapping(
     """
     if method not in METHODS:
         raise InputError(f"mapping method must be one of {METHODS}, got {method!r}")
-    md_top = _as_mdtraj(topology)
+    md_top = md_topology(topology)
     n_atoms = md_top.n_atoms
     groups = [_select(md_top, selection) for selection in selections]
     if not groups:
@@ -352,7 +344,7 @@ def protein_backbone_mapping(topology) -> CGMapping:
     the backbone (``GLY:CA`` and ``PRO:N`` their own), ``RESNAME:CB`` per residue, ``ACE:CH3`` and ``NME:CH3``."""
     from ..data.peptides import RESIDUE_ALIASES, SIDE_CHAIN_HEAVY_ATOMS
 
-    md_top = _as_mdtraj(topology)
+    md_top = md_topology(topology)
     selections, names, type_keys = [], [], []
     for residue in md_top.residues:
         atoms = {atom.name: atom.index for atom in residue.atoms}
@@ -386,7 +378,7 @@ def molecule_com_mapping(topology) -> CGMapping:
     Molecules are the connected components of the bond graph; the bead is named after the molecule's
     residue, and molecules with the same residue name share a bead type.
     """
-    md_top = _as_mdtraj(topology)
+    md_top = md_topology(topology)
     molecules = [sorted(atom.index for atom in molecule) for molecule in md_top.find_molecules()]
     molecules.sort(key=lambda atoms: atoms[0])
     names = [md_top.atom(atoms[0]).residue.name for atoms in molecules]
